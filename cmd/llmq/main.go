@@ -1,0 +1,154 @@
+// Command llmq runs LLM chat-completion jobs at scale: `llmq worker` drains
+// the queue, `llmq enqueue` submits JSONL batches, `llmq results` exports
+// them, `llmq dlq` inspects dead letters, `llmq fake-upstream` plays the
+// OpenAI API for tests and demos, and `llmq config` prints the effective
+// configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/llmq/llmq/config"
+)
+
+// Set at link time by the Makefile (-ldflags "-X main.version=... -X main.build=...").
+var (
+	version = "dev"
+	build   = "unknown"
+)
+
+// exitError carries a process exit code.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	if err == nil {
+		return
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintln(os.Stderr, "llmq:", ee.msg)
+		}
+		os.Exit(ee.code)
+	}
+	fmt.Fprintln(os.Stderr, "llmq:", err)
+	os.Exit(1)
+}
+
+// app is what every subcommand shares: configuration and logging.
+type app struct {
+	cfg    config.Config
+	log    zerolog.Logger
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	a := &app{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "llmq",
+		Short:         "Run LLM chat-completion jobs at scale on Redis",
+		Version:       version + " (build " + build + ")",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(os.Getenv)
+			if err != nil {
+				return err
+			}
+			a.cfg = cfg
+			a.log = newLogger(stderr, cfg.Log)
+			return nil
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(a.workerCmd(), a.enqueueCmd(), a.resultsCmd(), a.fakeUpstreamCmd(), a.configCmd(),
+		a.dlqCmd(), a.resumeCmd(), a.statusCmd())
+	return root
+}
+
+// newLogger returns the process logger: JSON, or a console view when
+// stderr is a terminal; every event carries version, build and environment.
+func newLogger(w io.Writer, c config.Log) zerolog.Logger {
+	level, err := zerolog.ParseLevel(strings.ToLower(c.Level))
+	if err != nil || c.Level == "" {
+		level = zerolog.InfoLevel
+	}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().
+		Str("version", version).Str("build", build).Str("env", c.Environment).Logger()
+}
+
+// redisOpt parses the configured Redis URL.
+func (a *app) redisOpt() (asynq.RedisConnOpt, error) {
+	opt, err := asynq.ParseRedisURI(a.cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis_url (LLMQ_REDIS_URL) %q: %w", a.cfg.RedisURL, err)
+	}
+	return opt, nil
+}
+
+// redisClient connects to the configured Redis and checks it answers.
+func (a *app) redisClient(ctx context.Context) (redis.UniversalClient, asynq.RedisConnOpt, error) {
+	opt, err := a.redisOpt()
+	if err != nil {
+		return nil, nil, err
+	}
+	rdb, ok := opt.MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		return nil, nil, errors.New("redis: unexpected client type")
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		_ = rdb.Close()
+		return nil, nil, fmt.Errorf("redis at %s does not answer: %w (check LLMQ_REDIS_URL)", redactURL(a.cfg.RedisURL), err)
+	}
+	return rdb, opt, nil
+}
+
+// redactURL hides a password in a Redis URL.
+func redactURL(u string) string {
+	if i := strings.Index(u, "@"); i > 0 {
+		if j := strings.Index(u, "://"); j > 0 && j < i {
+			return u[:j+3] + "****" + u[i:]
+		}
+	}
+	return u
+}
+
+func (a *app) configCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "config",
+		Short: "Print the effective configuration (defaults, LLMQ_CONFIG file, environment), secrets masked",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.cfg.Print(a.stdout)
+		},
+	}
+}

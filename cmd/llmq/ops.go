@@ -1,0 +1,155 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/spf13/cobra"
+
+	"github.com/llmq/llmq/fakeupstream"
+	"github.com/llmq/llmq/hold"
+)
+
+func (a *app) resumeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume",
+		Short: "Lift the fleet's hold (after fixing the API key or quota): upstream calls resume",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rdb, _, err := a.redisClient(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			holds := hold.NewStore(rdb, a.cfg.Prefix)
+			st, err := holds.Get(cmd.Context(), a.cfg.Upstream.Account)
+			if err != nil {
+				return err
+			}
+			if st == nil {
+				fmt.Fprintf(a.stdout, "account %q is not on hold\n", a.cfg.Upstream.Account)
+				return nil
+			}
+			if _, err := holds.Clear(cmd.Context(), a.cfg.Upstream.Account); err != nil {
+				return err
+			}
+			a.log.Warn().Str("event", "resume").Str("account", st.Account).Str("class", st.Class).Msg("hold lifted by operator")
+			fmt.Fprintf(a.stdout, "account %q resumed (it was on hold since %s: %s)\n", st.Account, st.Since.UTC().Format(time.RFC3339), st.Reason)
+			return nil
+		},
+	}
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show queues, holds and budgets",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			rdb, opt, err := a.redisClient(ctx)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			insp := asynq.NewInspector(opt)
+			defer insp.Close()
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "QUEUE\tPENDING\tACTIVE\tSCHEDULED\tRETRY\tARCHIVED\tCOMPLETED\tPAUSED")
+			queues := []string{}
+			for q := range a.cfg.Worker.Queues {
+				queues = append(queues, q)
+			}
+			sort.Strings(queues)
+			for _, q := range queues {
+				qi, err := insp.GetQueueInfo(q)
+				if err != nil {
+					fmt.Fprintf(tw, "%s\t(empty)\t\t\t\t\t\t\n", q)
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%v\n", q, qi.Pending, qi.Active, qi.Scheduled, qi.Retry, qi.Archived, qi.Completed, qi.Paused)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			st, err := hold.NewStore(rdb, a.cfg.Prefix).Get(ctx, a.cfg.Upstream.Account)
+			if err != nil {
+				return err
+			}
+			if st != nil {
+				fmt.Fprintf(a.stdout, "\nHOLD: account %q on hold since %s (%s): %s\n  fix the key or quota; calls resume when the key changes or after `llmq resume`\n",
+					st.Account, st.Since.UTC().Format(time.RFC3339), st.Class, st.Reason)
+			} else {
+				fmt.Fprintf(a.stdout, "\nhold: none (account %q)\n", a.cfg.Upstream.Account)
+			}
+			if lim, err := a.limiter(rdb); err == nil && lim != nil {
+				fmt.Fprintln(a.stdout)
+				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "BUDGET\tRPM\tTPM\tSNAPSHOT")
+				for model, b := range a.cfg.Budgets {
+					snap, err := lim.Usage(ctx, model)
+					s, _ := json.Marshal(snap)
+					if err != nil {
+						s = []byte(err.Error())
+					}
+					fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", model, b.RPM, b.TPM, s)
+				}
+				_ = tw.Flush()
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) fakeUpstreamCmd() *cobra.Command {
+	var (
+		addr, faults, apiKey string
+		rpm, tpm             int64
+		latency              time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "fake-upstream",
+		Short: "Serve a fake OpenAI chat-completions API (limits, headers, fault injection) for tests, demos and drills",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			srv, err := fakeupstream.New(fakeupstream.Config{RPM: rpm, TPM: tpm, Latency: latency, Faults: faults, APIKey: apiKey})
+			if err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("fake-upstream: listen on %s: %w", addr, err)
+			}
+			hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+			a.log.Info().Str("addr", ln.Addr().String()).Int64("rpm", rpm).Int64("tpm", tpm).Dur("latency", latency).Str("faults", faults).
+				Msg("fake upstream serving: base URL http://" + ln.Addr().String() + "/v1")
+			errc := make(chan error, 1)
+			go func() { errc <- hs.Serve(ln) }()
+			select {
+			case err := <-errc:
+				return err
+			case <-cmd.Context().Done():
+			}
+			srv.Close() // release requests held by the hang fault
+			hs.Close()
+			if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:8089", "listen address")
+	cmd.Flags().Int64Var(&rpm, "rpm", 0, "requests per minute enforced (0 = unlimited)")
+	cmd.Flags().Int64Var(&tpm, "tpm", 0, "tokens per minute enforced (0 = unlimited)")
+	cmd.Flags().DurationVar(&latency, "latency", 0, "added latency per request")
+	cmd.Flags().StringVar(&faults, "faults", "", "fault spec, e.g. \"503,503,200\" or \"random:500=5%,reset=2%\"")
+	cmd.Flags().StringVar(&apiKey, "api-key", "", "accept only this API key (default: any non-empty key)")
+	return cmd
+}

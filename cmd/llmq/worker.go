@@ -1,0 +1,139 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/llmq/llmq/policy"
+	"github.com/llmq/llmq/upstream"
+	"github.com/llmq/llmq/worker"
+)
+
+func (a *app) workerCmd() *cobra.Command {
+	var (
+		concurrency int
+		queues      string
+	)
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run a worker: drain the queues until SIGTERM/SIGINT, then shut down gracefully",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("concurrency") {
+				a.cfg.Worker.Concurrency = concurrency
+			}
+			if cmd.Flags().Changed("queues") {
+				q, err := parseQueues(queues)
+				if err != nil {
+					return err
+				}
+				a.cfg.Worker.Queues = q
+			}
+			if err := a.cfg.Validate(); err != nil {
+				return err
+			}
+			return a.runWorker(cmd)
+		},
+	}
+	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "jobs run at once (default from config: worker.concurrency)")
+	cmd.Flags().StringVar(&queues, "queues", "", "queues and priorities, e.g. \"llmq:3,bulk:1\" (default from config: worker.queues)")
+	return cmd
+}
+
+// parseQueues reads "name[:priority],..." into a priority map.
+func parseQueues(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, prio, found := strings.Cut(part, ":")
+		p := 1
+		if found {
+			n, err := strconv.Atoi(prio)
+			if err != nil || n < 1 {
+				return nil, fmt.Errorf("--queues: %q: priority must be a whole number ≥ 1", part)
+			}
+			p = n
+		}
+		out[name] = p
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--queues: name at least one queue, e.g. \"llmq\"")
+	}
+	return out, nil
+}
+
+// keySource returns the API key source: the key file when set (re-read on
+// change), else OPENAI_API_KEY.
+func (a *app) keySource() (upstream.KeySource, error) {
+	var ks upstream.KeySource
+	if a.cfg.Upstream.APIKeyFile != "" {
+		ks = upstream.FileKey(a.cfg.Upstream.APIKeyFile)
+	} else {
+		ks = upstream.StaticKey(a.cfg.Upstream.APIKey)
+	}
+	if _, err := ks.Key(); err != nil {
+		return nil, err
+	}
+	return ks, nil
+}
+
+func (a *app) runWorker(cmd *cobra.Command) error {
+	ctx := cmd.Context()
+	rdb, _, err := a.redisClient(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	keys, err := a.keySource()
+	if err != nil {
+		return err
+	}
+	uc := upstream.Config{
+		BaseURL:               a.cfg.Upstream.BaseURL,
+		Key:                   keys,
+		ConnectTimeout:        a.cfg.Upstream.ConnectTimeout,
+		ResponseHeaderTimeout: a.cfg.Upstream.ResponseHeaderTimeout,
+		UserAgent:             "llmq/" + version,
+	}
+	if a.cfg.Upstream.AzureAPIVersion != "" {
+		uc.Azure = &upstream.Azure{APIVersion: a.cfg.Upstream.AzureAPIVersion}
+	}
+	client, err := upstream.New(uc)
+	if err != nil {
+		return err
+	}
+	limiter, err := a.limiter(rdb)
+	if err != nil {
+		return err
+	}
+	pol := policy.DefaultPolicy()
+	pol.Attempts, pol.Base, pol.Cap, pol.RetryAfterCap = a.cfg.Retry.Attempts, a.cfg.Retry.Base, a.cfg.Retry.Cap, a.cfg.Retry.RetryAfterCap
+	w, err := worker.New(worker.Config{
+		Redis:            rdb,
+		Upstream:         client,
+		Keys:             keys,
+		Limiter:          limiter,
+		Prefix:           a.cfg.Prefix,
+		Account:          a.cfg.Upstream.Account,
+		Concurrency:      a.cfg.Worker.Concurrency,
+		Queues:           a.cfg.Worker.Queues,
+		ShutdownTimeout:  a.cfg.Worker.ShutdownTimeout,
+		PollInterval:     a.cfg.Worker.PollInterval,
+		Policy:           &pol,
+		HoldRecheck:      a.cfg.Worker.HoldRecheck,
+		CallTimeout:      a.cfg.Upstream.CallTimeout,
+		ResultTTL:        a.cfg.Results.TTL,
+		DefaultMaxTokens: a.cfg.Estimate.DefaultMaxTokens,
+		Log:              a.log,
+	})
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx)
+}

@@ -1,0 +1,304 @@
+// Package config holds llmq's settings: the defaults from DESIGN.md, a YAML
+// file (LLMQ_CONFIG), and environment overrides, in that order of precedence
+// (flags, applied by cmd/llmq, override all three). Print renders the
+// effective configuration with secrets masked: the living checklist.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strconv"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole of llmq's configuration.
+type Config struct {
+	// RedisURL locates Redis, e.g. redis://127.0.0.1:6379/0 (env LLMQ_REDIS_URL).
+	RedisURL string `yaml:"redis_url"`
+	// Prefix namespaces llmq's own Redis keys (results, budgets, holds).
+	Prefix string `yaml:"prefix"`
+	// Queue is the asynq queue jobs are enqueued to by default.
+	Queue    string   `yaml:"queue"`
+	Upstream Upstream `yaml:"upstream"`
+	Worker   Worker   `yaml:"worker"`
+	Retry    Retry    `yaml:"retry"`
+	// Budgets are the fleet-wide budgets keyed by model; "default" applies
+	// to models without their own entry.
+	Budgets  map[string]Budget `yaml:"budgets"`
+	Breaker  Breaker           `yaml:"breaker"`
+	Results  Results           `yaml:"results"`
+	Estimate Estimate          `yaml:"estimate"`
+	Log      Log               `yaml:"log"`
+}
+
+// Upstream configures the OpenAI-compatible API.
+type Upstream struct {
+	// BaseURL is the API root; the client appends /chat/completions
+	// (env OPENAI_BASE_URL).
+	BaseURL string `yaml:"base_url"`
+	// APIKey is the key (env OPENAI_API_KEY). Never printed.
+	APIKey string `yaml:"-"`
+	// APIKeyFile, when set, is read for the key and re-read when it changes
+	// (env LLMQ_API_KEY_FILE). It wins over APIKey.
+	APIKeyFile string `yaml:"api_key_file"`
+	// Account names the API account whose budget and hold state the fleet
+	// shares.
+	Account               string        `yaml:"account"`
+	ConnectTimeout        time.Duration `yaml:"connect_timeout"`
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	// CallTimeout bounds one upstream call, body included.
+	CallTimeout time.Duration `yaml:"call_timeout"`
+	// AzureAPIVersion, when set, switches to Azure OpenAI: deployment URLs
+	// and the api-key header.
+	AzureAPIVersion string `yaml:"azure_api_version"`
+}
+
+// Worker configures a worker process.
+type Worker struct {
+	Concurrency int `yaml:"concurrency"`
+	// Queues maps queue names to priorities.
+	Queues          map[string]int `yaml:"queues"`
+	ShutdownTimeout time.Duration  `yaml:"shutdown_timeout"`
+	// PollInterval is how often scheduled and retry tasks are moved to
+	// pending (asynq's DelayedTaskCheckInterval).
+	PollInterval time.Duration `yaml:"poll_interval"`
+	// HoldRecheck is how long jobs wait before looking again while the
+	// fleet is on hold (bad key, quota).
+	HoldRecheck time.Duration `yaml:"hold_recheck"`
+	MetricsAddr string        `yaml:"metrics_addr"`
+}
+
+// Retry is the backoff policy.
+type Retry struct {
+	Attempts      int           `yaml:"attempts"`
+	Base          time.Duration `yaml:"base"`
+	Cap           time.Duration `yaml:"cap"`
+	RetryAfterCap time.Duration `yaml:"retry_after_cap"`
+}
+
+// Budget is one fleet-wide budget: requests and tokens per minute (0 =
+// unlimited) and the token burst (0 = one minute's budget).
+type Budget struct {
+	RPM   int64 `yaml:"rpm"`
+	TPM   int64 `yaml:"tpm"`
+	Burst int64 `yaml:"burst"`
+}
+
+// Breaker configures the per-model circuit breaker.
+type Breaker struct {
+	Failures int           `yaml:"failures"`
+	Window   time.Duration `yaml:"window"`
+	Open     time.Duration `yaml:"open"`
+}
+
+// Results configures the result store.
+type Results struct {
+	// TTL is how long result records are kept in Redis.
+	TTL time.Duration `yaml:"ttl"`
+	// Retention is how long asynq keeps completed tasks (asynqmon shows
+	// their results meanwhile).
+	Retention time.Duration `yaml:"retention"`
+}
+
+// Estimate configures the token estimate.
+type Estimate struct {
+	// DefaultMaxTokens is charged per choice for jobs that set no
+	// max_tokens / max_completion_tokens.
+	DefaultMaxTokens int `yaml:"default_max_tokens"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level       string `yaml:"level"`
+	Environment string `yaml:"environment"`
+}
+
+// Default returns the defaults of DESIGN.md.
+func Default() Config {
+	return Config{
+		RedisURL: "redis://127.0.0.1:6379/0",
+		Prefix:   "llmq",
+		Queue:    "llmq",
+		Upstream: Upstream{
+			BaseURL:               "https://api.openai.com/v1",
+			Account:               "default",
+			ConnectTimeout:        5 * time.Second,
+			ResponseHeaderTimeout: 15 * time.Second,
+			CallTimeout:           10 * time.Minute,
+		},
+		Worker: Worker{
+			Concurrency:     16,
+			Queues:          map[string]int{"llmq": 1},
+			ShutdownTimeout: 30 * time.Second,
+			PollInterval:    time.Second,
+			HoldRecheck:     30 * time.Second,
+			MetricsAddr:     ":9464",
+		},
+		Retry:    Retry{Attempts: 5, Base: time.Second, Cap: 60 * time.Second, RetryAfterCap: 120 * time.Second},
+		Budgets:  map[string]Budget{"default": {}},
+		Breaker:  Breaker{Failures: 5, Window: 60 * time.Second, Open: 30 * time.Second},
+		Results:  Results{TTL: 7 * 24 * time.Hour, Retention: 24 * time.Hour},
+		Estimate: Estimate{DefaultMaxTokens: 1024},
+		Log:      Log{Level: "info", Environment: "dev"},
+	}
+}
+
+// Load returns the defaults, overridden by the YAML file at LLMQ_CONFIG (if
+// set), overridden by the environment. getenv is os.Getenv in production.
+func Load(getenv func(string) string) (Config, error) {
+	c := Default()
+	if path := getenv("LLMQ_CONFIG"); path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return c, fmt.Errorf("config: open LLMQ_CONFIG file: %w", err)
+		}
+		defer f.Close()
+		if err := c.decodeYAML(f); err != nil {
+			return c, fmt.Errorf("config: %s: %w", path, err)
+		}
+	}
+	if err := c.applyEnv(getenv); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+func (c *Config) decodeYAML(r io.Reader) error {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+func (c *Config) applyEnv(getenv func(string) string) error {
+	set := func(name string, dst *string) {
+		if v := getenv(name); v != "" {
+			*dst = v
+		}
+	}
+	set("LLMQ_REDIS_URL", &c.RedisURL)
+	set("OPENAI_BASE_URL", &c.Upstream.BaseURL)
+	set("OPENAI_API_KEY", &c.Upstream.APIKey)
+	set("LLMQ_API_KEY_FILE", &c.Upstream.APIKeyFile)
+	set("LLMQ_METRICS_ADDR", &c.Worker.MetricsAddr)
+	set("LOG_LEVEL", &c.Log.Level)
+	set("LLMQ_ENV", &c.Log.Environment)
+	for _, e := range []struct {
+		name string
+		dst  func(*Budget) *int64
+	}{{"LLMQ_RPM", func(b *Budget) *int64 { return &b.RPM }}, {"LLMQ_TPM", func(b *Budget) *int64 { return &b.TPM }}} {
+		v := getenv(e.name)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("config: %s=%q: must be a whole number ≥ 0 (0 = unlimited)", e.name, v)
+		}
+		if c.Budgets == nil {
+			c.Budgets = map[string]Budget{}
+		}
+		b := c.Budgets["default"]
+		*e.dst(&b) = n
+		c.Budgets["default"] = b
+	}
+	return nil
+}
+
+// Validate reports the first setting that cannot work, naming its field.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+		bad("redis_url", "must be a redis:// or rediss:// URL, got %q", c.RedisURL)
+	}
+	if u, err := url.Parse(c.Upstream.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("upstream.base_url", "must be an http(s) URL such as https://api.openai.com/v1, got %q", c.Upstream.BaseURL)
+	}
+	if c.Prefix == "" {
+		bad("prefix", "must not be empty")
+	}
+	if c.Queue == "" {
+		bad("queue", "must not be empty")
+	}
+	if c.Worker.Concurrency < 1 {
+		bad("worker.concurrency", "must be at least 1, got %d", c.Worker.Concurrency)
+	}
+	if len(c.Worker.Queues) == 0 {
+		bad("worker.queues", "must name at least one queue")
+	}
+	for q, p := range c.Worker.Queues {
+		if p < 1 {
+			bad("worker.queues."+q, "priority must be at least 1, got %d", p)
+		}
+	}
+	if c.Retry.Attempts < 1 {
+		bad("retry.attempts", "must be at least 1, got %d", c.Retry.Attempts)
+	}
+	for field, d := range map[string]time.Duration{
+		"upstream.connect_timeout": c.Upstream.ConnectTimeout, "upstream.response_header_timeout": c.Upstream.ResponseHeaderTimeout,
+		"upstream.call_timeout": c.Upstream.CallTimeout, "retry.base": c.Retry.Base, "retry.cap": c.Retry.Cap,
+		"retry.retry_after_cap": c.Retry.RetryAfterCap, "worker.shutdown_timeout": c.Worker.ShutdownTimeout,
+		"worker.poll_interval": c.Worker.PollInterval, "worker.hold_recheck": c.Worker.HoldRecheck,
+		"breaker.window": c.Breaker.Window, "breaker.open": c.Breaker.Open, "results.ttl": c.Results.TTL,
+		"results.retention": c.Results.Retention,
+	} {
+		if d <= 0 {
+			bad(field, "must be a positive duration such as 5s, got %v", d)
+		}
+	}
+	if c.Retry.Cap < c.Retry.Base {
+		bad("retry.cap", "must be at least retry.base (%v), got %v", c.Retry.Base, c.Retry.Cap)
+	}
+	if c.Breaker.Failures < 1 {
+		bad("breaker.failures", "must be at least 1, got %d", c.Breaker.Failures)
+	}
+	for m, b := range c.Budgets {
+		if b.RPM < 0 || b.TPM < 0 || b.Burst < 0 {
+			bad("budgets."+m, "rpm, tpm and burst must be ≥ 0 (0 = unlimited / one minute's budget)")
+		}
+	}
+	if c.Estimate.DefaultMaxTokens < 1 {
+		bad("estimate.default_max_tokens", "must be at least 1, got %d", c.Estimate.DefaultMaxTokens)
+	}
+	return errors.Join(errs...)
+}
+
+// Print writes the effective configuration as YAML, with the API key
+// masked, and where the key comes from.
+func (c Config) Print(w io.Writer) error {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
+		return fmt.Errorf("config: render: %w", err)
+	}
+	key := "(none: set OPENAI_API_KEY or LLMQ_API_KEY_FILE)"
+	switch {
+	case c.Upstream.APIKeyFile != "":
+		key = "from file " + c.Upstream.APIKeyFile
+	case c.Upstream.APIKey != "":
+		key = "from OPENAI_API_KEY: " + Mask(c.Upstream.APIKey)
+	}
+	fmt.Fprintf(&buf, "# api key: %s\n", key)
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// Mask describes a secret without revealing any of it.
+func Mask(secret string) string {
+	if secret == "" {
+		return "(empty)"
+	}
+	return fmt.Sprintf("set (%d characters, hidden)", len(secret))
+}

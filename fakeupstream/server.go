@@ -1,0 +1,533 @@
+package fakeupstream
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/llmq/llmq/jobs"
+)
+
+// DefaultCompletion is the completion tokens charged per choice when a
+// request sets neither max_tokens nor max_completion_tokens and
+// Config.DefaultCompletion is 0.
+const DefaultCompletion = 256
+
+// Config configures a Server. The zero value is a server without limits,
+// latency or faults that accepts any API key.
+type Config struct {
+	// APIKey, when set, is the only key accepted; another key is answered
+	// 401 invalid_api_key. Empty accepts any non-empty key.
+	APIKey string
+	// RPM and TPM are the requests and tokens per minute allowed (0:
+	// unlimited). Each is a token bucket refilled continuously, charged at
+	// request time: one request, and the prompt estimate plus the
+	// completion limit (max_completion_tokens, else max_tokens, else
+	// DefaultCompletion) times n. Rejected requests are not charged.
+	RPM, TPM int64
+	// BurstRequests and BurstTokens are the bucket capacities (0: one
+	// minute's limit).
+	BurstRequests, BurstTokens int64
+	// DefaultCompletion is the completion tokens charged per choice when a
+	// request sets no limit (0: 256).
+	DefaultCompletion int
+	// Latency is added before answering each request; a client that goes
+	// away meanwhile gets nothing.
+	Latency time.Duration
+	// Faults is the default fault SPEC applied to every request (see
+	// ParseFaults; "" = none).
+	Faults string
+	// Now is the clock of the limiter and the stats (nil: time.Now).
+	// Latency and slow answers use real time.
+	Now func() time.Time
+	// Seed seeds the random fault mode.
+	Seed int64
+}
+
+// Server is a fake OpenAI chat-completions upstream. Its methods are safe
+// for concurrent use.
+type Server struct {
+	cfg     Config
+	now     func() time.Time
+	est     *jobs.Estimator
+	handler http.Handler
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	ids       atomic.Uint64
+
+	lim    *limiter
+	faults *faultState
+	stats  *statsState
+}
+
+// New returns a Server for cfg. The error names the bad field, e.g.
+// `faults: unknown fault "foo" ...`.
+func New(cfg Config) (*Server, error) {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"rpm", cfg.RPM}, {"tpm", cfg.TPM}, {"burst_requests", cfg.BurstRequests}, {"burst_tokens", cfg.BurstTokens}} {
+		if f.v < 0 {
+			return nil, fmt.Errorf("%s: must be 0 (unlimited) or more, got %d", f.name, f.v)
+		}
+	}
+	if cfg.DefaultCompletion < 0 {
+		return nil, fmt.Errorf("default_completion: must be 0 (default %d) or more, got %d", DefaultCompletion, cfg.DefaultCompletion)
+	}
+	if cfg.DefaultCompletion == 0 {
+		cfg.DefaultCompletion = DefaultCompletion
+	}
+	if cfg.Latency < 0 {
+		return nil, fmt.Errorf("latency: must be 0 or more, got %s", cfg.Latency)
+	}
+	plan, err := ParseFaults(cfg.Faults)
+	if err != nil {
+		return nil, fmt.Errorf("faults: %w", err)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{
+		cfg:    cfg,
+		now:    cfg.Now,
+		est:    jobs.NewEstimator(cfg.DefaultCompletion),
+		closed: make(chan struct{}),
+		lim:    newLimiter(cfg, cfg.Now()),
+		faults: newFaultState(cfg.Seed, plan),
+		stats:  newStatsState(),
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/chat/completions", func(w http.ResponseWriter, r *http.Request) { s.serveChat(w, r, "") })
+	mux.HandleFunc("POST /chat/completions", func(w http.ResponseWriter, r *http.Request) { s.serveChat(w, r, "") })
+	mux.HandleFunc("POST /openai/deployments/{deployment}/chat/completions", func(w http.ResponseWriter, r *http.Request) {
+		s.serveChat(w, r, r.PathValue("deployment"))
+	})
+	mux.HandleFunc("GET /_fake/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.Stats()) })
+	mux.HandleFunc("POST /_fake/reset", func(w http.ResponseWriter, r *http.Request) {
+		s.Reset()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /_fake/faults", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.faults.view()) })
+	mux.HandleFunc("POST /_fake/faults", s.serveSetFaults)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		send(w, openAIError(http.StatusNotFound, fmt.Sprintf("Invalid URL (%s %s)", r.Method, r.URL.Path), "invalid_request_error", "", ""))
+	})
+	s.handler = mux
+	return s, nil
+}
+
+// Handler returns the HTTP handler serving the API and the control
+// endpoints.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats { return s.stats.snapshot() }
+
+// Reset zeroes the counters, refills the RPM/TPM buckets, restarts every
+// fault sequence and forgets per-header cursors. Configured fault plans
+// stay.
+func (s *Server) Reset() {
+	s.stats.reset()
+	s.lim.reset(s.now())
+	s.faults.rewind()
+}
+
+// SetFaults replaces the default fault SPEC (see ParseFaults); its sequence
+// starts at its first element. "" removes it.
+func (s *Server) SetFaults(spec string) error {
+	plan, err := ParseFaults(spec)
+	if err != nil {
+		return fmt.Errorf("faults: %w", err)
+	}
+	s.faults.setDefault(plan)
+	return nil
+}
+
+// SetModelFaults sets a fault SPEC for requests naming model; it takes
+// precedence over the default. "" removes it.
+func (s *Server) SetModelFaults(model, spec string) error {
+	plan, err := ParseFaults(spec)
+	if err != nil {
+		return fmt.Errorf("faults for model %q: %w", model, err)
+	}
+	s.faults.setModel(model, plan)
+	return nil
+}
+
+// Close releases requests held by a hang fault (their connections are
+// closed without an answer). Call it before http.Server.Shutdown, which
+// would otherwise wait for them. The Server keeps serving otherwise.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() { close(s.closed) })
+}
+
+// recorder remembers the status written.
+type recorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// serveChat answers a chat-completions request. deployment is set on the
+// Azure route. Order: auth, body validation, fault choice, then either the
+// error fault (not charged) or the limiter and the answer.
+func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment string) {
+	ctx := r.Context()
+	arrived := s.now()
+	fakeKey := r.Header.Get("X-Fake-Key")
+	rec := &recorder{ResponseWriter: w}
+	s.stats.begin(arrived, fakeKey)
+	defer func() { s.stats.end(rec.status) }()
+
+	n := s.ids.Add(1)
+	h := w.Header()
+	h.Set("x-request-id", fmt.Sprintf("req_%032x", n))
+	h.Set("openai-organization", org)
+	h.Set("openai-version", "2020-10-01")
+	azure := deployment != ""
+
+	// answer sends rep after the configured latency plus extra, with the
+	// rate-limit headers of st.
+	answer := func(rep reply, st limitState, extra time.Duration) {
+		if !sleep(ctx, s.cfg.Latency+extra) {
+			return
+		}
+		st.setHeaders(h)
+		h.Set("openai-processing-ms", strconv.FormatInt(s.now().Sub(arrived).Milliseconds(), 10))
+		send(rec, rep)
+	}
+
+	if rep := s.auth(r, azure); rep != nil {
+		answer(*rep, s.lim.peek(arrived), 0)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, jobs.MaxBodyBytes+1))
+	if err != nil {
+		return // the client went away mid-body: nobody to answer
+	}
+	if len(body) > jobs.MaxBodyBytes {
+		answer(s.statusReply(http.StatusRequestEntityTooLarge, ""), s.lim.peek(arrived), 0)
+		return
+	}
+	req, bad := decodeRequest(body, deployment)
+	if bad != nil {
+		answer(*bad, s.lim.peek(arrived), 0)
+		return
+	}
+	s.stats.update(func(st *Stats) { st.ByModel[req.Model]++ })
+
+	fault, extra, err := s.faults.pick(r.Header.Get("X-Fake-Faults"), fakeKey, req.Model)
+	if err != nil {
+		answer(invalidRequest(err.Error(), "", ""), s.lim.peek(arrived), 0)
+		return
+	}
+	s.stats.update(func(st *Stats) {
+		if name := fault.name(); name != "" {
+			st.ByFault[name]++
+		}
+		if extra > 0 && fault.Kind != FaultLatency {
+			st.ByFault[string(FaultLatency)]++
+		}
+	})
+
+	cost := s.est.Estimate(req)
+	switch {
+	case fault.Kind == FaultHang:
+		select {
+		case <-ctx.Done():
+		case <-s.closed:
+			hijackClose(rec, false)
+		}
+		return
+	case fault.Kind == FaultReset:
+		if sleep(ctx, s.cfg.Latency+extra) {
+			hijackClose(rec, true)
+		}
+		return
+	case fault.isError():
+		answer(s.faultReply(fault, req, cost.PromptTokens), s.lim.peek(arrived), extra)
+		return
+	}
+
+	v := s.lim.take(arrived, int64(cost.Total()))
+	if !v.ok {
+		s.stats.update(func(st *Stats) { st.Throttled++ })
+		switch {
+		case v.tooLarge:
+			answer(tooLarge(req.Model, v), v.state, extra)
+		case azure:
+			answer(azureRateLimited(v), v.state, extra)
+		default:
+			answer(rateLimited(req.Model, v), v.state, extra)
+		}
+		return
+	}
+
+	perChoice := completionTokensPerChoice(req, req.CompletionLimit(s.cfg.DefaultCompletion))
+	comp := completion{
+		ID:                fmt.Sprintf("chatcmpl-fake%019d", n),
+		Object:            "chat.completion",
+		Created:           arrived.Unix(),
+		Model:             req.Model,
+		ServiceTier:       "default",
+		SystemFingerprint: "fp_fake",
+		Usage: usage{
+			PromptTokens:     cost.PromptTokens,
+			CompletionTokens: perChoice * req.Choices(),
+			TotalTokens:      cost.PromptTokens + perChoice*req.Choices(),
+		},
+	}
+	for i := range req.Choices() {
+		comp.Choices = append(comp.Choices, choice{Index: i, Message: message{Role: "assistant", Content: echo(req)}, Logprobs: json.RawMessage("null"), FinishReason: "stop"})
+	}
+	b, _ := json.Marshal(comp)
+	rep := reply{status: http.StatusOK, contentType: "application/json", body: b}.with("openai-model", req.Model)
+
+	switch fault.Kind {
+	case FaultMalformed:
+		rep.body = []byte(`{"id":"chatcmpl-x","choices":[`)
+		answer(rep, v.state, extra)
+	case FaultTruncated:
+		if !sleep(ctx, s.cfg.Latency+extra) {
+			return
+		}
+		v.state.setHeaders(h)
+		writeHead(rec, rep)
+		_, _ = rec.Write(rep.body[:len(rep.body)/2])
+		_ = http.NewResponseController(rec).Flush()
+		hijackClose(rec, false)
+	case FaultSlow:
+		if !sleep(ctx, s.cfg.Latency+extra) {
+			return
+		}
+		v.state.setHeaders(h)
+		if s.writeSlowly(ctx, rec, rep, s.slowDuration(fault)) {
+			s.served(comp.Usage)
+		}
+	default:
+		answer(rep, v.state, extra)
+		if rec.status == http.StatusOK {
+			s.served(comp.Usage)
+		}
+	}
+}
+
+func (s *Server) served(u usage) {
+	s.stats.update(func(st *Stats) {
+		st.PromptTokens += int64(u.PromptTokens)
+		st.CompletionTokens += int64(u.CompletionTokens)
+	})
+}
+
+// slowDuration is how long a slow answer takes to write its body.
+func (s *Server) slowDuration(f Fault) time.Duration {
+	switch {
+	case f.Delay > 0:
+		return f.Delay
+	case s.cfg.Latency > 0:
+		return 4 * s.cfg.Latency
+	}
+	return 2 * time.Second
+}
+
+// writeSlowly writes rep's body in ten chunks spread over d. It reports
+// whether the whole body was written.
+func (s *Server) writeSlowly(ctx context.Context, w http.ResponseWriter, rep reply, d time.Duration) bool {
+	writeHead(w, rep)
+	rc := http.NewResponseController(w)
+	const chunks = 10
+	size := (len(rep.body) + chunks - 1) / chunks
+	for i := 0; i < len(rep.body); i += size {
+		if i > 0 && !sleep(ctx, d/chunks) {
+			return false
+		}
+		if _, err := w.Write(rep.body[i:min(i+size, len(rep.body))]); err != nil {
+			return false
+		}
+		if err := rc.Flush(); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// auth checks the API key: Authorization: Bearer, or Azure's api-key.
+func (s *Server) auth(r *http.Request, azure bool) *reply {
+	key := ""
+	if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "Bearer ") {
+		key = strings.TrimSpace(a[7:])
+	}
+	if key == "" {
+		key = strings.TrimSpace(r.Header.Get("api-key"))
+	}
+	var rep reply
+	switch {
+	case key == "" && azure, s.cfg.APIKey != "" && key != s.cfg.APIKey && azure:
+		rep = azureAuthFailed()
+	case key == "":
+		rep = missingKey()
+	case s.cfg.APIKey != "" && key != s.cfg.APIKey:
+		rep = invalidKey(key)
+	default:
+		return nil
+	}
+	return &rep
+}
+
+// decodeRequest validates body like OpenAI does and decodes it. On the
+// Azure route the deployment names the model when the body does not.
+func decodeRequest(body []byte, deployment string) (*jobs.Request, *reply) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil || top == nil {
+		rep := invalidRequest(unparsableMessage, "", "")
+		return nil, &rep
+	}
+	if deployment != "" {
+		var model string
+		if json.Unmarshal(top["model"], &model) != nil || model == "" {
+			b, err := jobs.WithModel(body, deployment)
+			if err != nil {
+				rep := invalidRequest(unparsableMessage, "", "")
+				return nil, &rep
+			}
+			body = b
+			top["model"], _ = json.Marshal(deployment)
+		}
+	}
+	if v, ok := top["model"]; !ok || string(v) == "null" {
+		rep := invalidRequest("you must provide a model parameter", "model", "missing_required_parameter")
+		return nil, &rep
+	}
+	if v, ok := top["messages"]; !ok || string(v) == "null" {
+		rep := invalidRequest("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+		return nil, &rep
+	}
+	if err := (&jobs.Job{ID: "fake", Body: body}).Validate(); err != nil {
+		var ve *jobs.ValidationError
+		if errors.As(err, &ve) && len(ve.Problems) > 0 {
+			p := ve.Problems[0]
+			rep := invalidRequest(fmt.Sprintf("Invalid value for '%s': %s.", p.Path, p.Message), p.Path, "invalid_value")
+			return nil, &rep
+		}
+		rep := invalidRequest(err.Error(), "", "")
+		return nil, &rep
+	}
+	var req jobs.Request
+	if err := json.Unmarshal(body, &req); err != nil {
+		rep := invalidRequest(unparsableMessage, "", "")
+		return nil, &rep
+	}
+	return &req, nil
+}
+
+// serveSetFaults handles POST /_fake/faults[?model=M] with the SPEC as body.
+func (s *Server) serveSetFaults(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	if err != nil {
+		send(w, invalidRequest("read fault spec: "+err.Error(), "", ""))
+		return
+	}
+	spec := strings.TrimSpace(string(b))
+	if model := r.URL.Query().Get("model"); model != "" {
+		err = s.SetModelFaults(model, spec)
+	} else {
+		err = s.SetFaults(spec)
+	}
+	if err != nil {
+		send(w, invalidRequest(err.Error(), "", ""))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.faults.view())
+}
+
+// writeHead writes rep's headers and status.
+func writeHead(w http.ResponseWriter, rep reply) {
+	h := w.Header()
+	for _, kv := range rep.header {
+		h.Set(kv[0], kv[1])
+	}
+	h.Set("Content-Type", rep.contentType)
+	h.Set("Content-Length", strconv.Itoa(len(rep.body)))
+	w.WriteHeader(rep.status)
+}
+
+// send writes rep.
+func send(w http.ResponseWriter, rep reply) {
+	writeHead(w, rep)
+	_, _ = w.Write(rep.body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		send(w, openAIError(http.StatusInternalServerError, "encode: "+err.Error(), "server_error", "", ""))
+		return
+	}
+	send(w, reply{status: status, contentType: "application/json", body: b})
+}
+
+// sleep waits d or until ctx is done; it reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// hijackClose takes the connection from net/http and closes it, with a TCP
+// RST (SO_LINGER 0) when rst is set, after flushing anything written. Where
+// the connection cannot be hijacked (HTTP/2) the stream is aborted.
+func hijackClose(w http.ResponseWriter, rst bool) {
+	conn, buf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if !rst && buf != nil {
+		_ = buf.Flush()
+	}
+	raw := conn
+	if tc, ok := conn.(*tls.Conn); ok && rst {
+		raw = tc.NetConn()
+	}
+	if tcp, ok := raw.(*net.TCPConn); ok && rst {
+		_ = tcp.SetLinger(0)
+	}
+	_ = raw.Close()
+}

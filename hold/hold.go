@@ -1,0 +1,96 @@
+// Package hold keeps the fleet-wide hold state of an upstream account in
+// Redis. A hold is a fault of the account, not of a job (a revoked key, an
+// exhausted quota): while it stands, no worker process calls the upstream
+// for that account, and jobs wait without burning attempts. A hold ends when
+// the key changes (the worker sees a new key fingerprint) or an operator runs
+// `llmq resume`.
+package hold
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// State describes an active hold.
+type State struct {
+	Account string `json:"account"`
+	// Class is the failure class that caused it: "auth" or "quota".
+	Class string `json:"class"`
+	// Reason is the upstream error, readable by an operator.
+	Reason string `json:"reason"`
+	// KeyFingerprint identifies (without revealing) the key that failed; a
+	// worker holding a different key may lift the hold.
+	KeyFingerprint string    `json:"key_fingerprint"`
+	Since          time.Time `json:"since"`
+}
+
+// Store reads and writes holds. It is safe for concurrent use.
+type Store struct {
+	rdb    redis.UniversalClient
+	prefix string
+}
+
+// NewStore returns a Store whose keys start with prefix.
+func NewStore(rdb redis.UniversalClient, prefix string) *Store {
+	return &Store{rdb: rdb, prefix: prefix}
+}
+
+func (s *Store) key(account string) string { return s.prefix + ":hold:{" + account + "}" }
+
+// Set places a hold unless one stands already; created reports whether this
+// call placed it (so exactly one process raises the alarm).
+func (s *Store) Set(ctx context.Context, st State) (created bool, err error) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return false, fmt.Errorf("hold account %q: encode: %w", st.Account, err)
+	}
+	created, err = s.rdb.SetNX(ctx, s.key(st.Account), b, 0).Result()
+	if err != nil {
+		return false, fmt.Errorf("hold account %q: %w", st.Account, err)
+	}
+	return created, nil
+}
+
+// Get returns the account's hold, or nil when calls may proceed.
+func (s *Store) Get(ctx context.Context, account string) (*State, error) {
+	b, err := s.rdb.Get(ctx, s.key(account)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read hold of account %q: %w", account, err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("decode hold of account %q: %w", account, err)
+	}
+	return &st, nil
+}
+
+// Clear lifts the account's hold; cleared reports whether one stood.
+func (s *Store) Clear(ctx context.Context, account string) (cleared bool, err error) {
+	n, err := s.rdb.Del(ctx, s.key(account)).Result()
+	if err != nil {
+		return false, fmt.Errorf("lift hold of account %q: %w", account, err)
+	}
+	return n > 0, nil
+}
+
+// ClearIf lifts the hold only if it is still the one recorded for
+// fingerprint, so a worker with a fresh key does not erase a newer hold
+// raised against that fresh key.
+func (s *Store) ClearIf(ctx context.Context, account, fingerprint string) (bool, error) {
+	st, err := s.Get(ctx, account)
+	if err != nil || st == nil {
+		return false, err
+	}
+	if st.KeyFingerprint != fingerprint {
+		return false, nil
+	}
+	return s.Clear(ctx, account)
+}

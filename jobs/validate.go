@@ -1,0 +1,337 @@
+package jobs
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// MaxBodyBytes is the largest request body llmq accepts for one job.
+const MaxBodyBytes = 8 << 20
+
+// MaxIDLength is the longest job id, custom_id or batch id accepted.
+const MaxIDLength = 256
+
+// ErrInvalid is matched (errors.Is) by every validation error.
+var ErrInvalid = errors.New("invalid job")
+
+// Problem is one thing wrong with a job, at a JSON field path such as
+// "messages[2].role".
+type Problem struct {
+	Path    string
+	Message string
+}
+
+func (p Problem) String() string { return p.Path + ": " + p.Message }
+
+// ValidationError lists every problem found in a job.
+type ValidationError struct {
+	Problems []Problem
+}
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		parts[i] = p.String()
+	}
+	return "invalid job: " + strings.Join(parts, "; ")
+}
+
+// Is reports that a ValidationError is an ErrInvalid.
+func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
+
+// Roles are the message roles the chat-completions API accepts.
+var roles = []string{"system", "user", "assistant", "tool", "developer"}
+
+type checker struct{ problems []Problem }
+
+func (c *checker) add(path, format string, args ...any) {
+	c.problems = append(c.problems, Problem{Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+// Validate checks the job's metadata and request body and returns a
+// *ValidationError listing every problem with its field path, or nil.
+func (j *Job) Validate() error {
+	c := &checker{}
+	c.id("id", j.ID, true)
+	c.id("custom_id", j.CustomID, false)
+	c.id("batch_id", j.BatchID, false)
+	for i, m := range j.Fallback {
+		if strings.TrimSpace(m) == "" {
+			c.add(fmt.Sprintf("fallback[%d]", i), "must be a model name")
+		}
+	}
+	if j.MaxAttempts < 0 {
+		c.add("max_attempts", "must be 0 (default) or more")
+	}
+	c.body(j.Body)
+	if len(c.problems) > 0 {
+		return &ValidationError{Problems: c.problems}
+	}
+	return nil
+}
+
+func (c *checker) id(path, v string, required bool) {
+	switch {
+	case v == "" && required:
+		c.add(path, "is required")
+	case len(v) > MaxIDLength:
+		c.add(path, "must be at most %d bytes, got %d", MaxIDLength, len(v))
+	case !utf8.ValidString(v):
+		c.add(path, "must be valid UTF-8")
+	case strings.ContainsAny(v, "\x00\n\r"):
+		c.add(path, "must not contain NUL or line breaks")
+	}
+}
+
+func (c *checker) body(body json.RawMessage) {
+	switch {
+	case len(bytes.TrimSpace(body)) == 0:
+		c.add("body", "is required: an OpenAI chat-completions request object")
+		return
+	case len(body) > MaxBodyBytes:
+		c.add("body", "is %d bytes; the limit is %d bytes", len(body), MaxBodyBytes)
+		return
+	case !utf8.Valid(body):
+		c.add("body", "must be valid UTF-8")
+		return
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil || m == nil {
+		c.add("body", "must be a JSON object: %s", jsonReason(err))
+		return
+	}
+	if !c.str("model", m["model"], true) {
+		// reported
+	} else if model := unquote(m["model"]); strings.TrimSpace(model) == "" {
+		c.add("model", "must not be empty")
+	}
+	c.messages(m["messages"])
+	c.intRange("max_tokens", m["max_tokens"], 1, 1<<30)
+	c.intRange("max_completion_tokens", m["max_completion_tokens"], 1, 1<<30)
+	c.intRange("n", m["n"], 1, 128)
+	c.numRange("temperature", m["temperature"], 0, 2)
+	c.numRange("top_p", m["top_p"], 0, 1)
+	if v, ok := m["stream"]; ok && !isNull(v) {
+		var s bool
+		if err := json.Unmarshal(v, &s); err != nil {
+			c.add("stream", "must be a boolean")
+		} else if s {
+			c.add("stream", "must be false: llmq stores whole responses, remove stream")
+		}
+	}
+	c.responseFormat(m["response_format"])
+	c.tools(m["tools"])
+}
+
+func (c *checker) messages(raw json.RawMessage) {
+	if raw == nil || isNull(raw) {
+		c.add("messages", "is required: a non-empty array of messages")
+		return
+	}
+	var msgs []json.RawMessage
+	if err := json.Unmarshal(raw, &msgs); err != nil {
+		c.add("messages", "must be an array of message objects")
+		return
+	}
+	if len(msgs) == 0 {
+		c.add("messages", "must not be empty")
+		return
+	}
+	for i, mr := range msgs {
+		p := fmt.Sprintf("messages[%d]", i)
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(mr, &m); err != nil || m == nil {
+			c.add(p, "must be an object with role and content")
+			continue
+		}
+		role := ""
+		if c.str(p+".role", m["role"], true) {
+			role = unquote(m["role"])
+			if !contains(roles, role) {
+				c.add(p+".role", "must be one of %s", strings.Join(roles, ","))
+			}
+		}
+		c.content(p+".content", m["content"], role)
+		if role == "tool" {
+			c.str(p+".tool_call_id", m["tool_call_id"], true)
+		}
+		if v, ok := m["name"]; ok {
+			c.str(p+".name", v, false)
+		}
+	}
+}
+
+func (c *checker) content(path string, raw json.RawMessage, role string) {
+	if raw == nil || isNull(raw) {
+		if role != "assistant" { // assistant messages with tool_calls may omit content
+			c.add(path, "is required for role %q", role)
+		}
+		return
+	}
+	switch raw[0] {
+	case '"':
+		return
+	case '[':
+		var parts []json.RawMessage
+		if err := json.Unmarshal(raw, &parts); err != nil {
+			c.add(path, "must be a string or an array of content parts")
+			return
+		}
+		for i, pr := range parts {
+			pp := fmt.Sprintf("%s[%d]", path, i)
+			var part map[string]json.RawMessage
+			if err := json.Unmarshal(pr, &part); err != nil || part == nil {
+				c.add(pp, "must be a content part object with a type")
+				continue
+			}
+			if !c.str(pp+".type", part["type"], true) {
+				continue
+			}
+			switch t := unquote(part["type"]); t {
+			case "text":
+				c.str(pp+".text", part["text"], true)
+			case "image_url":
+				var iu struct {
+					URL *string `json:"url"`
+				}
+				if err := json.Unmarshal(part["image_url"], &iu); err != nil || iu.URL == nil || *iu.URL == "" {
+					c.add(pp+".image_url.url", "is required for an image_url part")
+				}
+			case "input_audio", "file", "refusal":
+			default:
+				c.add(pp+".type", "must be one of text,image_url,input_audio,file,refusal, got %q", t)
+			}
+		}
+	default:
+		c.add(path, "must be a string or an array of content parts")
+	}
+}
+
+func (c *checker) responseFormat(raw json.RawMessage) {
+	if raw == nil || isNull(raw) {
+		return
+	}
+	var rf map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &rf); err != nil || rf == nil {
+		c.add("response_format", "must be an object with a type")
+		return
+	}
+	if c.str("response_format.type", rf["type"], true) {
+		if t := unquote(rf["type"]); !contains([]string{"text", "json_object", "json_schema"}, t) {
+			c.add("response_format.type", "must be one of text,json_object,json_schema")
+		} else if t == "json_schema" && rf["json_schema"] == nil {
+			c.add("response_format.json_schema", "is required when type is json_schema")
+		}
+	}
+}
+
+func (c *checker) tools(raw json.RawMessage) {
+	if raw == nil || isNull(raw) {
+		return
+	}
+	var tools []json.RawMessage
+	if err := json.Unmarshal(raw, &tools); err != nil {
+		c.add("tools", "must be an array of tool objects")
+		return
+	}
+	for i, tr := range tools {
+		p := fmt.Sprintf("tools[%d]", i)
+		var t struct {
+			Type     *string `json:"type"`
+			Function *struct {
+				Name *string `json:"name"`
+			} `json:"function"`
+		}
+		if err := json.Unmarshal(tr, &t); err != nil {
+			c.add(p, "must be a tool object {type, function}")
+			continue
+		}
+		if t.Type == nil || *t.Type != "function" && *t.Type != "custom" {
+			c.add(p+".type", "must be \"function\" or \"custom\"")
+		}
+		if t.Type != nil && *t.Type == "function" && (t.Function == nil || t.Function.Name == nil || *t.Function.Name == "") {
+			c.add(p+".function.name", "is required")
+		}
+	}
+}
+
+// str checks that raw is a JSON string; it reports a problem and returns
+// false when raw is absent (and required) or not a string.
+func (c *checker) str(path string, raw json.RawMessage, required bool) bool {
+	if raw == nil || isNull(raw) {
+		if required {
+			c.add(path, "is required")
+		}
+		return false
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		c.add(path, "must be a string")
+		return false
+	}
+	return true
+}
+
+func (c *checker) intRange(path string, raw json.RawMessage, lo, hi int64) {
+	if raw == nil || isNull(raw) {
+		return
+	}
+	var n int64
+	if err := json.Unmarshal(raw, &n); err != nil {
+		c.add(path, "must be an integer")
+		return
+	}
+	if n < lo || n > hi {
+		c.add(path, "must be between %d and %d, got %d", lo, hi, n)
+	}
+}
+
+func (c *checker) numRange(path string, raw json.RawMessage, lo, hi float64) {
+	if raw == nil || isNull(raw) {
+		return
+	}
+	var f float64
+	if err := json.Unmarshal(raw, &f); err != nil {
+		c.add(path, "must be a number")
+		return
+	}
+	if f < lo || f > hi {
+		c.add(path, "must be between %g and %g, got %g", lo, hi, f)
+	}
+}
+
+func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
+
+func unquote(raw json.RawMessage) string {
+	var s string
+	_ = json.Unmarshal(raw, &s)
+	return s
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func jsonReason(err error) string {
+	if err == nil {
+		return "got null"
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("syntax error at byte %d", se.Offset)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return "got " + te.Value
+	}
+	return err.Error()
+}

@@ -1,0 +1,232 @@
+// Package producer is the Go client backend services use to hand llmq jobs:
+// enqueue one job or a JSONL batch (validated first, so nothing invalid
+// reaches Redis; idempotent by job id), follow a batch's progress, and read
+// or wait for results.
+package producer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/results"
+)
+
+// ErrDuplicate is returned (with the job id) when a job with the same id was
+// enqueued before: the call was a no-op.
+var ErrDuplicate = errors.New("job already enqueued")
+
+// Producer enqueues jobs and reads their results. It is safe for concurrent
+// use. Close it when done.
+type Producer struct {
+	client *asynq.Client
+	rdb    redis.UniversalClient
+	store  *results.Store
+	o      options
+}
+
+type options struct {
+	queue       string
+	prefix      string
+	attempts    int
+	retention   time.Duration
+	resultTTL   time.Duration
+	taskTimeout time.Duration
+	parallelism int
+}
+
+// Option configures a Producer.
+type Option func(*options)
+
+// WithQueue sets the default asynq queue (default "llmq").
+func WithQueue(name string) Option { return func(o *options) { o.queue = name } }
+
+// WithPrefix sets the key prefix of llmq's records (default "llmq"); it must
+// match the workers'.
+func WithPrefix(p string) Option { return func(o *options) { o.prefix = p } }
+
+// WithAttempts sets the default attempts per job (default 5).
+func WithAttempts(n int) Option { return func(o *options) { o.attempts = n } }
+
+// WithRetention sets how long asynq keeps a finished task, so asynqmon can
+// show its result (default 24h).
+func WithRetention(d time.Duration) Option { return func(o *options) { o.retention = d } }
+
+// WithResultTTL sets how long batch records are kept (default 7 days); it
+// should match the workers' result TTL.
+func WithResultTTL(d time.Duration) Option { return func(o *options) { o.resultTTL = d } }
+
+// WithTaskTimeout bounds one run of a job's handler (default 15m).
+func WithTaskTimeout(d time.Duration) Option { return func(o *options) { o.taskTimeout = d } }
+
+// WithParallelism sets how many enqueues a batch keeps in flight (default 32).
+func WithParallelism(n int) Option { return func(o *options) { o.parallelism = n } }
+
+// New connects a Producer to the Redis that asynq uses.
+func New(redisOpt asynq.RedisConnOpt, opts ...Option) (*Producer, error) {
+	o := options{queue: "llmq", prefix: "llmq", attempts: 5, retention: 24 * time.Hour,
+		resultTTL: 7 * 24 * time.Hour, taskTimeout: 15 * time.Minute, parallelism: 32}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	switch {
+	case o.queue == "":
+		return nil, errors.New("producer: queue must not be empty")
+	case o.attempts < 1:
+		return nil, fmt.Errorf("producer: attempts must be at least 1, got %d", o.attempts)
+	case o.parallelism < 1:
+		return nil, fmt.Errorf("producer: parallelism must be at least 1, got %d", o.parallelism)
+	}
+	rdb, ok := redisOpt.MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		return nil, errors.New("producer: redis option did not make a go-redis v9 client")
+	}
+	return &Producer{
+		client: asynq.NewClientFromRedisClient(rdb),
+		rdb:    rdb,
+		store:  results.NewStore(rdb, o.prefix, o.resultTTL),
+		o:      o,
+	}, nil
+}
+
+// Close releases the Redis connections.
+func (p *Producer) Close() error {
+	return p.rdb.Close()
+}
+
+// EnqueueOption adjusts one enqueue.
+type EnqueueOption func(*enqueueOptions)
+
+type enqueueOptions struct {
+	queue     string
+	attempts  int
+	deadline  time.Time
+	processAt time.Time
+}
+
+// Queue sends the job to another asynq queue. Queues are how llmq does
+// priority: workers weigh queues (worker.queues in the configuration).
+func Queue(name string) EnqueueOption { return func(o *enqueueOptions) { o.queue = name } }
+
+// MaxAttempts sets the job's attempts (upstream calls that may fail).
+func MaxAttempts(n int) EnqueueOption { return func(o *enqueueOptions) { o.attempts = n } }
+
+// Deadline sets the instant after which the job is not tried again.
+func Deadline(t time.Time) EnqueueOption { return func(o *enqueueOptions) { o.deadline = t } }
+
+// ProcessAt delays the job's first attempt until t.
+func ProcessAt(t time.Time) EnqueueOption { return func(o *enqueueOptions) { o.processAt = t } }
+
+// Enqueue validates job and enqueues it. A job without an ID gets a random
+// one. It returns the job id; for an id enqueued before it returns the id and
+// an error matching ErrDuplicate, and changes nothing. An invalid job returns
+// a *jobs.ValidationError listing every problem with its field path.
+func (p *Producer) Enqueue(ctx context.Context, job *jobs.Job, opts ...EnqueueOption) (string, error) {
+	if job.ID == "" {
+		job.ID = "job_" + randomID()
+	}
+	task, taskOpts, err := p.prepare(job, opts...)
+	if err != nil {
+		return job.ID, err
+	}
+	if job.BatchID != "" {
+		if _, err := p.store.AddToBatch(ctx, job.BatchID, []results.BatchEntry{{JobID: job.ID}}); err != nil {
+			return job.ID, err
+		}
+	}
+	return job.ID, p.submit(ctx, job.ID, task, taskOpts)
+}
+
+// prepare applies opts to job, validates it and builds its asynq task.
+func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (*asynq.Task, []asynq.Option, error) {
+	eo := enqueueOptions{queue: p.o.queue}
+	for _, opt := range opts {
+		opt(&eo)
+	}
+	if !eo.deadline.IsZero() {
+		job.Deadline = eo.deadline
+	}
+	if eo.attempts > 0 {
+		job.MaxAttempts = eo.attempts
+	}
+	if err := job.Validate(); err != nil {
+		return nil, nil, err
+	}
+	attempts := p.o.attempts
+	if job.MaxAttempts > 0 {
+		attempts = job.MaxAttempts
+	}
+	payload, err := job.Encode()
+	if err != nil {
+		return nil, nil, err
+	}
+	// MaxRetry is one more than the retries the job may use: asynq checks
+	// exhaustion before it asks whether an error is a failure, so the worker
+	// enforces attempts itself and keeps one spare retry for the
+	// no-attempt-burned outcomes (rate limited, hold, budget wait).
+	taskOpts := []asynq.Option{asynq.TaskID(job.ID), asynq.Queue(eo.queue), asynq.MaxRetry(attempts),
+		asynq.Retention(p.o.retention), asynq.Timeout(p.o.taskTimeout)}
+	if !eo.processAt.IsZero() {
+		taskOpts = append(taskOpts, asynq.ProcessAt(eo.processAt))
+	}
+	return asynq.NewTask(jobs.TaskType, payload), taskOpts, nil
+}
+
+// submit enqueues a prepared task.
+func (p *Producer) submit(ctx context.Context, id string, task *asynq.Task, taskOpts []asynq.Option) error {
+	_, err := p.client.EnqueueContext(ctx, task, taskOpts...)
+	switch {
+	case errors.Is(err, asynq.ErrTaskIDConflict):
+		return fmt.Errorf("job %q: %w", id, ErrDuplicate)
+	case err != nil:
+		return fmt.Errorf("enqueue job %q: %w", id, err)
+	}
+	return nil
+}
+
+// Result returns the stored result of a job, or an error matching
+// results.ErrNotFound while it has none.
+func (p *Producer) Result(ctx context.Context, id string) (*jobs.Result, error) {
+	return p.store.Get(ctx, id)
+}
+
+// Wait blocks until the job has a result (succeeded or failed) or ctx ends.
+func (p *Producer) Wait(ctx context.Context, id string) (*jobs.Result, error) {
+	delay := 20 * time.Millisecond
+	for {
+		r, err := p.store.Get(ctx, id)
+		if err == nil {
+			return r, nil
+		}
+		if !errors.Is(err, results.ErrNotFound) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for job %q: %w", id, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, time.Second)
+	}
+}
+
+// Batch returns a batch's progress.
+func (p *Producer) Batch(ctx context.Context, batchID string) (results.BatchStatus, error) {
+	return p.store.Batch(ctx, batchID)
+}
+
+// Store returns the result store the producer reads.
+func (p *Producer) Store() *results.Store { return p.store }
+
+func randomID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,156 @@
+package ratelimit
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Budget is one fleet-wide budget of a model. In YAML (llmq's config file)
+// budgets are keyed by model, with "default" for every model without its
+// own entry:
+//
+//	budgets:
+//	  default:     {rpm: 500, tpm: 200000}
+//	  gpt-4o-mini: {rpm: 5000, tpm: 4000000, burst: 400000}
+//
+// burst is a whole number of tokens (the token bucket's capacity);
+// burst_requests is the request bucket's capacity.
+type Budget struct {
+	// RPM is the requests-per-minute limit; 0 means unlimited.
+	RPM int64 `yaml:"rpm" json:"rpm"`
+	// TPM is the tokens-per-minute limit; 0 means unlimited.
+	TPM int64 `yaml:"tpm" json:"tpm"`
+	// BurstRequests is the request bucket's capacity: how many requests may
+	// go at once after an idle spell. 0 means one minute's budget (RPM).
+	BurstRequests int64 `yaml:"burst_requests" json:"burst_requests"`
+	// BurstTokens is the token bucket's capacity, and so the largest cost a
+	// single request may have. 0 means one minute's budget (TPM).
+	BurstTokens int64 `yaml:"burst" json:"burst"`
+}
+
+// RequestCapacity returns the request bucket's capacity (0 = unlimited).
+func (b Budget) RequestCapacity() int64 { return capacity(b.RPM, b.BurstRequests) }
+
+// TokenCapacity returns the token bucket's capacity (0 = unlimited).
+func (b Budget) TokenCapacity() int64 { return capacity(b.TPM, b.BurstTokens) }
+
+func capacity(limit, burst int64) int64 {
+	if limit == 0 {
+		return 0
+	}
+	if burst == 0 {
+		return limit
+	}
+	return burst
+}
+
+// DefaultModel is the Budgets key that applies to models without an entry.
+const DefaultModel = "default"
+
+// Defaults of Config's zero values.
+const (
+	DefaultPrefix  = "llmq"
+	DefaultAccount = "default"
+	DefaultMaxWait = 5 * time.Second
+)
+
+// ClaimGrace is how long a fairness claim outlives the instant its owner was
+// told to come back before other callers may ignore it.
+const ClaimGrace = 2 * time.Second
+
+// unit is the number of stored units per token or request: with it, a
+// per-minute limit L refills exactly L units per millisecond.
+const unit = 60_000
+
+// maxCapacity keeps capacity × unit an exact integer in Lua's doubles.
+const maxCapacity = (1 << 53) / unit
+
+// Config configures a Limiter. Zero values take the documented defaults.
+// Every process of a fleet must use the same Prefix, Account and Budgets.
+type Config struct {
+	// Prefix namespaces the Redis keys (default "llmq").
+	Prefix string
+	// Account names the API account whose budgets these are (default
+	// "default"); two accounts' budgets are independent.
+	Account string
+	// Budgets are keyed by model; DefaultModel ("default") applies to models
+	// without an entry. A model with neither gets ErrNoBudget: write
+	// default: {} to run unlimited on purpose.
+	Budgets map[string]Budget
+	// MaxWait is the longest Acquire blocks; a longer wait returns a
+	// *WaitError (default 5 s).
+	MaxWait time.Duration
+	// RefundUnused makes Reconcile give back tokens reserved but not used
+	// (max_tokens beyond the actual completion). Default false, matching
+	// OpenAI, which charges max_tokens against TPM when the request arrives
+	// and refunds nothing within the minute; set it for providers that
+	// count actual usage.
+	RefundUnused bool
+	// Now is the clock (default time.Now). Tests inject one.
+	Now func() time.Time
+}
+
+// validate checks c and returns it with defaults applied. Errors name the
+// offending field.
+func (c Config) validate() (Config, error) {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.Account == "" {
+		c.Account = DefaultAccount
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = DefaultMaxWait
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	var errs []error
+	if c.MaxWait < 0 {
+		errs = append(errs, fmt.Errorf("ratelimit: max_wait is %s: set a positive duration or 0 for the default %s", c.MaxWait, DefaultMaxWait))
+	}
+	models := make([]string, 0, len(c.Budgets))
+	for m := range c.Budgets {
+		models = append(models, m)
+	}
+	sort.Strings(models)
+	budgets := make(map[string]Budget, len(c.Budgets))
+	for _, m := range models {
+		b := c.Budgets[m]
+		if m == "" {
+			errs = append(errs, errors.New(`ratelimit: budgets has an empty model name: name the model or use "default"`))
+			continue
+		}
+		errs = append(errs, b.check(fmt.Sprintf("budgets[%q]", m))...)
+		budgets[m] = b
+	}
+	c.Budgets = budgets
+	return c, errors.Join(errs...)
+}
+
+// check returns one error per invalid field of b, each naming the field.
+func (b Budget) check(path string) []error {
+	var errs []error
+	for _, f := range []struct {
+		name         string
+		limit, burst int64
+		limitName    string
+	}{
+		{"burst_requests", b.RPM, b.BurstRequests, "rpm"},
+		{"burst", b.TPM, b.BurstTokens, "tpm"},
+	} {
+		switch {
+		case f.limit < 0:
+			errs = append(errs, fmt.Errorf("ratelimit: %s.%s is %d: set it to a positive limit, or 0 for unlimited", path, f.limitName, f.limit))
+		case f.burst < 0:
+			errs = append(errs, fmt.Errorf("ratelimit: %s.%s is %d: set it to a positive count, or 0 for one minute's budget", path, f.name, f.burst))
+		case f.limit == 0 && f.burst != 0:
+			errs = append(errs, fmt.Errorf("ratelimit: %s.%s is %d but %s is 0 (unlimited): set %s or remove %s", path, f.name, f.burst, f.limitName, f.limitName, f.name))
+		case f.limit > maxCapacity || f.burst > maxCapacity:
+			errs = append(errs, fmt.Errorf("ratelimit: %s.%s/%s exceeds %d: use a smaller number", path, f.limitName, f.name, int64(maxCapacity)))
+		}
+	}
+	return errs
+}

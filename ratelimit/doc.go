@@ -1,0 +1,43 @@
+// Package ratelimit is llmq's fleet-wide request and token budget: every
+// worker process of a fleet draws from the same per-(account, model) budget
+// in Redis, so together they run at the provider's RPM/TPM and never over
+// it.
+//
+// On a job's path the worker calls [Limiter.Acquire] with the job's cost
+// (one request, prompt estimate + max_tokens × n tokens, see jobs.Estimator)
+// before calling upstream. Acquire blocks for short waits and returns a
+// [*WaitError] for long ones so the worker can reschedule the task without
+// burning an attempt. After the call the worker calls [Limiter.Reconcile]
+// with the reported usage and the x-ratelimit-* headers, and on a 429
+// [Limiter.Cooldown] with the Retry-After instant, which every process then
+// honours.
+//
+// # Algorithm
+//
+// Each budget is two continuous token buckets, requests and tokens, with
+// capacity = burst (default one minute's limit) and refill = limit / 60 s.
+// One Lua script (budget.lua) refills both, checks both, and takes both or
+// neither in a single atomic call; when the cost does not fit it answers the
+// exact wait until it would. The current time is an argument of every call
+// ([Config.Now]), never read inside Redis, so tests drive time explicitly.
+//
+// All of one budget lives in one hash, <prefix>:budget:{<account>:<model>},
+// hash-tagged so it is Redis Cluster safe; it expires after twice its fill
+// time when idle (an idle budget is full anyway).
+//
+// # Fairness
+//
+// A request that has to wait in [Limiter.Acquire] records a head-of-line
+// claim (its ticket and need) in the budget, when no other live claim
+// exists. While the claim lives, other callers may only take what leaves the
+// claimed amount in the bucket, so a large job is not starved by a stream of
+// small ones. A claim is cleared when its owner is served, and expires
+// [ClaimGrace] after the instant its owner was told to come back, so a
+// crashed waiter blocks nobody for long. There is one claim slot per budget:
+// a second large waiter claims after the first is served.
+//
+// # Failure
+//
+// When Redis fails, Acquire retries with a bounded backoff (100 ms to 1 s)
+// until its context ends; it never proceeds without a reservation.
+package ratelimit

@@ -1,0 +1,408 @@
+package ratelimit
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmq/llmq/jobs"
+)
+
+//go:embed budget.lua
+var budgetLua string
+
+// ErrTooLarge is returned (wrapped with the model, cost and capacity) when a
+// single cost exceeds a bucket's capacity: it could never be served, so it
+// is refused at once instead of waiting forever. Dead-letter the job, or
+// lower its max_tokens, or raise the budget's burst.
+var ErrTooLarge = errors.New("ratelimit: cost exceeds the budget's capacity")
+
+// ErrNoBudget is returned (wrapped with the model) for a model that has no
+// budget of its own and no "default" budget is configured.
+var ErrNoBudget = errors.New("ratelimit: no budget for model")
+
+// Backoff bounds of Acquire's retries while Redis fails.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+// Cost is what one call is charged against a budget.
+type Cost struct {
+	// Requests is usually 1.
+	Requests int64
+	// Tokens is the prompt estimate plus max_tokens × n, as the provider
+	// counts it when the request arrives.
+	Tokens int64
+}
+
+// JobCost returns the cost of one request estimated by jobs.Estimator.
+func JobCost(c jobs.Cost) Cost { return Cost{Requests: 1, Tokens: int64(c.Total())} }
+
+// Reservation is the answer to Reserve or Acquire.
+type Reservation struct {
+	// OK reports that Cost was taken from the budget.
+	OK bool
+	// Wait, when OK is false, is how long until the cost would fit (exact to
+	// the millisecond, given no other caller takes first). It includes any
+	// fleet cooldown.
+	Wait time.Duration
+	// Model is the model whose budget was asked.
+	Model string
+	// Cost is what was asked for.
+	Cost Cost
+	// At is the instant (from Config.Now) the budget was evaluated.
+	At time.Time
+}
+
+// WaitError is returned by Acquire when the wait for the budget is longer
+// than it may block (Config.MaxWait, or the context's deadline). The job
+// should be rescheduled for Until without counting as a failed attempt.
+type WaitError struct {
+	// Model is the model whose budget was asked.
+	Model string
+	// Cost is what was asked for.
+	Cost Cost
+	// Wait is how long the budget asked to wait.
+	Wait time.Duration
+	// Until is when the cost is expected to fit.
+	Until time.Time
+}
+
+// Error implements error.
+func (e *WaitError) Error() string {
+	return fmt.Sprintf("ratelimit: budget of model %q has no room for %d requests and %d tokens for %s (until %s), longer than the caller may block: reschedule the job for then",
+		e.Model, e.Cost.Requests, e.Cost.Tokens, e.Wait, e.Until.Format(time.RFC3339Nano))
+}
+
+// ServerView is the provider's own view of the budget, from the
+// x-ratelimit-* headers of a response. -1 means unknown; use NoServerView
+// when there are no headers, since the zero value claims "0 remaining".
+type ServerView struct {
+	// RemainingRequests is x-ratelimit-remaining-requests.
+	RemainingRequests int64
+	// RemainingTokens is x-ratelimit-remaining-tokens.
+	RemainingTokens int64
+	// ResetRequests is x-ratelimit-reset-requests: time until the request
+	// budget is full again.
+	ResetRequests time.Duration
+	// ResetTokens is x-ratelimit-reset-tokens.
+	ResetTokens time.Duration
+}
+
+// NoServerView returns a ServerView with every field unknown.
+func NoServerView() ServerView {
+	return ServerView{RemainingRequests: -1, RemainingTokens: -1, ResetRequests: -1, ResetTokens: -1}
+}
+
+// ServerViewFromHeader reads OpenAI's x-ratelimit-remaining-{requests,tokens}
+// and x-ratelimit-reset-{requests,tokens} headers (resets like "1s", "6m0s",
+// "20ms", or plain seconds). Absent or unparsable headers are unknown (-1).
+func ServerViewFromHeader(h http.Header) ServerView {
+	v := NoServerView()
+	count := func(name string) int64 {
+		n, err := strconv.ParseInt(strings.TrimSpace(h.Get(name)), 10, 64)
+		if err != nil || n < 0 {
+			return -1
+		}
+		return n
+	}
+	dur := func(name string) time.Duration {
+		s := strings.TrimSpace(h.Get(name))
+		if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+			return d
+		}
+		if f, err := strconv.ParseFloat(s, 64); err == nil && f >= 0 {
+			return time.Duration(f * float64(time.Second))
+		}
+		return -1
+	}
+	v.RemainingRequests = count("x-ratelimit-remaining-requests")
+	v.RemainingTokens = count("x-ratelimit-remaining-tokens")
+	v.ResetRequests = dur("x-ratelimit-reset-requests")
+	v.ResetTokens = dur("x-ratelimit-reset-tokens")
+	return v
+}
+
+// Snapshot is a budget's state at one instant, for `llmq status` and
+// metrics.
+type Snapshot struct {
+	// Model and Account identify the budget; Key is its Redis key.
+	Model, Account, Key string
+	// At is the instant (from Config.Now) of the snapshot.
+	At time.Time
+	// Budget is the configured budget that applies to Model.
+	Budget Budget
+	// RequestCapacity and TokenCapacity are the buckets' sizes; 0 means the
+	// dimension is unlimited.
+	RequestCapacity, TokenCapacity int64
+	// Requests and Tokens are what is available now (0 when unlimited).
+	Requests, Tokens float64
+	// CooldownUntil is the end of a fleet cooldown; zero when none.
+	CooldownUntil time.Time
+	// ClaimRequests and ClaimTokens are what the head-of-line waiter is
+	// waiting for, until ClaimUntil; all zero when no claim is live.
+	ClaimRequests, ClaimTokens int64
+	ClaimUntil                 time.Time
+}
+
+// Limiter draws from fleet-wide budgets in Redis. It is safe for concurrent
+// use; every process of a fleet makes its own, with the same Config.
+type Limiter struct {
+	rdb    redis.UniversalClient
+	cfg    Config
+	script *redis.Script
+	id     string        // distinguishes this Limiter's claim tickets
+	seq    atomic.Uint64 // numbers its claim tickets
+}
+
+// New returns a Limiter on rdb. It checks cfg and reports every invalid
+// field by name; it does not contact Redis.
+func New(rdb redis.UniversalClient, cfg Config) (*Limiter, error) {
+	if rdb == nil {
+		return nil, errors.New("ratelimit: the Redis client is nil: pass the fleet's Redis client")
+	}
+	cfg, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("ratelimit: reading random bytes for claim tickets failed: %w", err)
+	}
+	return &Limiter{rdb: rdb, cfg: cfg, script: redis.NewScript(budgetLua), id: hex.EncodeToString(b[:])}, nil
+}
+
+// Key returns the Redis key of model's budget:
+// <prefix>:budget:{<account>:<model>}.
+func (l *Limiter) Key(model string) string {
+	return l.cfg.Prefix + ":budget:{" + l.cfg.Account + ":" + model + "}"
+}
+
+// Budget returns the budget that applies to model: its own, else "default".
+func (l *Limiter) Budget(model string) (Budget, bool) {
+	if b, ok := l.cfg.Budgets[model]; ok {
+		return b, true
+	}
+	b, ok := l.cfg.Budgets[DefaultModel]
+	return b, ok
+}
+
+// check returns model's budget, or an error that no retry can cure.
+func (l *Limiter) check(model string, cost Cost) (Budget, error) {
+	if model == "" {
+		return Budget{}, errors.New("ratelimit: model is empty: pass the model the request is for")
+	}
+	if cost.Requests < 0 || cost.Tokens < 0 {
+		return Budget{}, fmt.Errorf("ratelimit: cost for model %q is negative (%d requests, %d tokens): charge zero or more", model, cost.Requests, cost.Tokens)
+	}
+	b, ok := l.Budget(model)
+	if !ok {
+		return Budget{}, fmt.Errorf("%w %q and no %q budget: add budgets.%s (or budgets.default: {} for unlimited)", ErrNoBudget, model, DefaultModel, model)
+	}
+	if c := b.TokenCapacity(); c > 0 && cost.Tokens > c {
+		return Budget{}, fmt.Errorf("%w: model %q: %d tokens asked, the token bucket holds %d (tpm %d, burst %d): lower max_tokens or raise the burst",
+			ErrTooLarge, model, cost.Tokens, c, b.TPM, b.BurstTokens)
+	}
+	if c := b.RequestCapacity(); c > 0 && cost.Requests > c {
+		return Budget{}, fmt.Errorf("%w: model %q: %d requests asked, the request bucket holds %d (rpm %d, burst_requests %d): ask for fewer at once or raise burst_requests",
+			ErrTooLarge, model, cost.Requests, c, b.RPM, b.BurstRequests)
+	}
+	return b, nil
+}
+
+// run evaluates budget.lua on model's key at now with op's extra arguments.
+func (l *Limiter) run(ctx context.Context, op, model string, b Budget, now time.Time, extra ...any) ([]int64, error) {
+	args := append([]any{op, now.UnixMilli(), b.RequestCapacity() * unit, b.RPM, b.TokenCapacity() * unit, b.TPM}, extra...)
+	out, err := l.script.Run(ctx, l.rdb, []string{l.Key(model)}, args...).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: %s on budget %s in Redis failed: %w (check that Redis is reachable)", op, l.Key(model), err)
+	}
+	return out, nil
+}
+
+// Reserve takes cost from model's budget if both its requests and tokens fit
+// now, atomically for the whole fleet: it takes both or neither. Otherwise
+// it takes nothing and answers OK false with the wait until both would fit
+// (and any fleet cooldown has ended). It never blocks beyond one Redis round
+// trip. A cost larger than a bucket's capacity returns ErrTooLarge.
+func (l *Limiter) Reserve(ctx context.Context, model string, cost Cost) (Reservation, error) {
+	b, err := l.check(model, cost)
+	if err != nil {
+		return Reservation{}, err
+	}
+	return l.reserve(ctx, model, b, cost, "", -1)
+}
+
+// reserve is Reserve with a fairness ticket: when the cost has to wait at
+// most claimMax, ticket claims it (see the package doc).
+func (l *Limiter) reserve(ctx context.Context, model string, b Budget, cost Cost, ticket string, claimMax time.Duration) (Reservation, error) {
+	now := l.cfg.Now()
+	out, err := l.run(ctx, "reserve", model, b, now,
+		cost.Requests*unit, cost.Tokens*unit, ticket, claimMax.Milliseconds(), ClaimGrace.Milliseconds())
+	if err != nil {
+		return Reservation{}, err
+	}
+	if len(out) < 2 {
+		return Reservation{}, fmt.Errorf("ratelimit: budget script answered %v, want [ok wait ...]: the script and this binary disagree, redeploy", out)
+	}
+	return Reservation{OK: out[0] == 1, Wait: time.Duration(out[1]) * time.Millisecond, Model: model, Cost: cost, At: now}, nil
+}
+
+// Acquire takes cost from model's budget, blocking while it has to wait:
+// it sleeps exactly the wait Reserve answers (no polling) and asks again.
+// While it waits it holds the budget's fairness claim, so a large cost is
+// not starved by smaller ones. A wait longer than Config.MaxWait, or past
+// ctx's deadline, returns a *WaitError at once. While Redis fails it retries
+// with a backoff of 100 ms doubling to 1 s until ctx ends: it never proceeds
+// without a reservation. On any error the Reservation's OK is false.
+func (l *Limiter) Acquire(ctx context.Context, model string, cost Cost) (Reservation, error) {
+	b, err := l.check(model, cost)
+	if err != nil {
+		return Reservation{}, err
+	}
+	ticket := l.id + ":" + strconv.FormatUint(l.seq.Add(1), 10)
+	backoff := minBackoff
+	var lastErr error
+	for {
+		if ctx.Err() != nil {
+			return Reservation{}, l.ctxErr(ctx, model, lastErr)
+		}
+		// Claim only a wait this call will actually sit out.
+		maxWait := l.cfg.MaxWait
+		if deadline, ok := ctx.Deadline(); ok {
+			maxWait = min(maxWait, time.Until(deadline))
+		}
+		res, err := l.reserve(ctx, model, b, cost, ticket, maxWait)
+		if err != nil {
+			lastErr = err
+			if ctx.Err() != nil {
+				return Reservation{}, l.ctxErr(ctx, model, lastErr)
+			}
+			if sleep(ctx, backoff) != nil {
+				return Reservation{}, l.ctxErr(ctx, model, lastErr)
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		backoff, lastErr = minBackoff, nil
+		if res.OK {
+			return res, nil
+		}
+		if res.Wait > maxWait {
+			return res, &WaitError{Model: model, Cost: cost, Wait: res.Wait, Until: res.At.Add(res.Wait)}
+		}
+		if sleep(ctx, res.Wait) != nil {
+			return Reservation{}, l.ctxErr(ctx, model, nil)
+		}
+	}
+}
+
+func (l *Limiter) ctxErr(ctx context.Context, model string, redisErr error) error {
+	if redisErr != nil {
+		return fmt.Errorf("ratelimit: no reservation for model %q before the context ended, Redis failing (%w): %w", model, redisErr, ctx.Err())
+	}
+	return fmt.Errorf("ratelimit: no reservation for model %q before the context ended: %w", model, ctx.Err())
+}
+
+// sleep waits d or until ctx ends, whichever is first.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Reconcile corrects the budget after the call r reserved for. With
+// Config.RefundUnused, tokens reserved but not used (actualTokens < r's
+// tokens; -1 = unknown) are given back, never above capacity. When the
+// server reports less remaining than the budget holds, the budget adopts
+// the server's view for the whole fleet (and refills from there at the
+// configured rate); a server view is never used to raise the budget.
+// ServerView's resets are not used yet.
+func (l *Limiter) Reconcile(ctx context.Context, r Reservation, actualTokens int64, server ServerView) error {
+	b, ok := l.Budget(r.Model)
+	if !ok {
+		return fmt.Errorf("%w %q: cannot reconcile a reservation no budget made", ErrNoBudget, r.Model)
+	}
+	var refund int64
+	if l.cfg.RefundUnused && r.OK && actualTokens >= 0 && actualTokens < r.Cost.Tokens {
+		refund = (r.Cost.Tokens - actualTokens) * unit
+	}
+	sr, st := int64(-1), int64(-1)
+	if server.RemainingRequests >= 0 {
+		sr = min(server.RemainingRequests, maxCapacity) * unit
+	}
+	if server.RemainingTokens >= 0 {
+		st = min(server.RemainingTokens, maxCapacity) * unit
+	}
+	if refund == 0 && sr < 0 && st < 0 {
+		return nil
+	}
+	_, err := l.run(ctx, "reconcile", r.Model, b, l.cfg.Now(), refund, sr, st)
+	return err
+}
+
+// Cooldown stops the whole fleet from reserving on model's budget until
+// until, typically after a 429 with Retry-After: every Reserve answers a
+// wait of at least until-now. It only ever extends a cooldown.
+func (l *Limiter) Cooldown(ctx context.Context, model string, until time.Time) error {
+	b, ok := l.Budget(model)
+	if !ok {
+		return fmt.Errorf("%w %q: cannot cool down a budget that does not exist", ErrNoBudget, model)
+	}
+	now := l.cfg.Now()
+	if !until.After(now) {
+		return nil
+	}
+	// Round up so the cooldown covers until itself.
+	ms := until.UnixMilli()
+	if time.UnixMilli(ms).Before(until) {
+		ms++
+	}
+	_, err := l.run(ctx, "cooldown", model, b, now, ms)
+	return err
+}
+
+// Usage returns model's budget as it stands now, without changing it.
+func (l *Limiter) Usage(ctx context.Context, model string) (Snapshot, error) {
+	b, ok := l.Budget(model)
+	if !ok {
+		return Snapshot{}, fmt.Errorf("%w %q and no %q budget", ErrNoBudget, model, DefaultModel)
+	}
+	now := l.cfg.Now()
+	out, err := l.run(ctx, "usage", model, b, now)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if len(out) < 6 {
+		return Snapshot{}, fmt.Errorf("ratelimit: budget script answered %v, want 6 numbers: the script and this binary disagree, redeploy", out)
+	}
+	s := Snapshot{
+		Model: model, Account: l.cfg.Account, Key: l.Key(model), At: now, Budget: b,
+		RequestCapacity: b.RequestCapacity(), TokenCapacity: b.TokenCapacity(),
+		Requests: float64(out[0]) / unit, Tokens: float64(out[1]) / unit,
+		ClaimRequests: out[3] / unit, ClaimTokens: out[4] / unit,
+	}
+	if out[2] > 0 {
+		s.CooldownUntil = time.UnixMilli(out[2])
+	}
+	if out[5] > 0 {
+		s.ClaimUntil = time.UnixMilli(out[5])
+	}
+	return s, nil
+}

@@ -1,0 +1,241 @@
+// Package results stores one result record per job id in Redis and keeps the
+// per-batch index and counters that progress bars and exports read. Saving
+// is idempotent: a job that runs twice (at-least-once delivery, a crash after
+// the upstream call) still has exactly one result, and a batch's counters
+// count it once.
+package results
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmq/llmq/jobs"
+)
+
+// ErrNotFound is returned when a job has no stored result (yet).
+var ErrNotFound = errors.New("result not found")
+
+//go:embed save.lua
+var saveLua string
+
+// Store reads and writes result records. It is safe for concurrent use.
+type Store struct {
+	rdb    redis.UniversalClient
+	prefix string
+	ttl    time.Duration
+	save   *redis.Script
+}
+
+// NewStore returns a Store whose keys start with prefix and expire after ttl.
+func NewStore(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Store {
+	return &Store{rdb: rdb, prefix: prefix, ttl: ttl, save: redis.NewScript(saveLua)}
+}
+
+func (s *Store) resultKey(jobID string) string  { return s.prefix + ":result:" + jobID }
+func (s *Store) batchKey(batchID string) string { return s.prefix + ":batch:{" + batchID + "}" }
+func (s *Store) batchJobsKey(batchID string) string {
+	return s.prefix + ":batch:{" + batchID + "}:jobs"
+}
+
+// Transition says what a Save changed.
+type Transition string
+
+// Transitions returned by Save.
+const (
+	// Created: the job had no result; this one is stored.
+	Created Transition = "created"
+	// Replaced: a failed result was replaced (by a success after a requeue,
+	// or by a later failure).
+	Replaced Transition = "replaced"
+	// Kept: the job already had a successful result; nothing changed.
+	Kept Transition = "kept"
+)
+
+// Save stores r unless the job already has a successful result, and keeps
+// the batch counters exact: each job counts once, as succeeded or failed.
+func (s *Store) Save(ctx context.Context, r *jobs.Result) (Transition, error) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return "", fmt.Errorf("save result %q: encode: %w", r.JobID, err)
+	}
+	res, err := s.save.Run(ctx, s.rdb, []string{s.resultKey(r.JobID)}, b, r.Status, s.ttl.Milliseconds()).Text()
+	if err != nil {
+		return "", fmt.Errorf("save result %q: %w", r.JobID, err)
+	}
+	t, prev := parseTransition(res)
+	if r.BatchID != "" && t != Kept {
+		// Batch counters live under the batch's own hash tag, so they are
+		// updated in a second command (Redis Cluster safe). A crash between
+		// the two leaves the result stored and a counter one short; export
+		// reads results, not counters.
+		pipe := s.rdb.Pipeline()
+		key := s.batchKey(r.BatchID)
+		switch {
+		case t == Created:
+			pipe.HIncrBy(ctx, key, r.Status, 1)
+		case prev != r.Status:
+			if prev != "" {
+				pipe.HIncrBy(ctx, key, prev, -1)
+			}
+			pipe.HIncrBy(ctx, key, r.Status, 1)
+		}
+		pipe.Expire(ctx, key, s.ttl)
+		if _, err := pipe.Exec(ctx); err != nil {
+			return t, fmt.Errorf("save result %q: update batch %q counters: %w", r.JobID, r.BatchID, err)
+		}
+	}
+	return t, nil
+}
+
+func parseTransition(s string) (Transition, string) {
+	switch {
+	case s == "created":
+		return Created, ""
+	case s == "kept":
+		return Kept, ""
+	case len(s) > len("replaced:"):
+		return Replaced, s[len("replaced:"):]
+	}
+	return Transition(s), ""
+}
+
+// Get returns the stored result of a job, or ErrNotFound.
+func (s *Store) Get(ctx context.Context, jobID string) (*jobs.Result, error) {
+	b, err := s.rdb.Get(ctx, s.resultKey(jobID)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("job %q: %w", jobID, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read result %q: %w", jobID, err)
+	}
+	var r jobs.Result
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("decode result %q: %w", jobID, err)
+	}
+	return &r, nil
+}
+
+// BatchEntry is one job registered in a batch: its id and its position in
+// the input (line number), which orders the export.
+type BatchEntry struct {
+	JobID string
+	Line  int
+}
+
+// AddToBatch registers jobs in a batch's index and returns how many were
+// new; the batch total grows by that many. Registering a job twice is a
+// no-op, so re-submitting a batch file does not inflate its total.
+func (s *Store) AddToBatch(ctx context.Context, batchID string, entries []BatchEntry) (int, error) {
+	if len(entries) == 0 {
+		return 0, nil
+	}
+	zs := make([]redis.Z, len(entries))
+	for i, e := range entries {
+		zs[i] = redis.Z{Score: float64(e.Line), Member: e.JobID}
+	}
+	added, err := s.rdb.ZAddNX(ctx, s.batchJobsKey(batchID), zs...).Result()
+	if err != nil {
+		return 0, fmt.Errorf("register %d jobs in batch %q: %w", len(entries), batchID, err)
+	}
+	pipe := s.rdb.Pipeline()
+	pipe.HIncrBy(ctx, s.batchKey(batchID), "total", added)
+	pipe.HSetNX(ctx, s.batchKey(batchID), "created_at", time.Now().UTC().Format(time.RFC3339))
+	pipe.Expire(ctx, s.batchKey(batchID), s.ttl)
+	pipe.Expire(ctx, s.batchJobsKey(batchID), s.ttl)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return int(added), fmt.Errorf("update batch %q total: %w", batchID, err)
+	}
+	return int(added), nil
+}
+
+// BatchStatus is a batch's progress.
+type BatchStatus struct {
+	BatchID   string `json:"batch_id"`
+	Total     int    `json:"total"`
+	Succeeded int    `json:"succeeded"`
+	Failed    int    `json:"failed"`
+}
+
+// Done reports whether every job of the batch has a result.
+func (b BatchStatus) Done() bool { return b.Total > 0 && b.Succeeded+b.Failed >= b.Total }
+
+// Pending is the number of jobs without a result yet.
+func (b BatchStatus) Pending() int { return max(0, b.Total-b.Succeeded-b.Failed) }
+
+// Batch returns a batch's progress counters. An unknown batch is an error.
+func (s *Store) Batch(ctx context.Context, batchID string) (BatchStatus, error) {
+	m, err := s.rdb.HGetAll(ctx, s.batchKey(batchID)).Result()
+	if err != nil {
+		return BatchStatus{}, fmt.Errorf("read batch %q: %w", batchID, err)
+	}
+	if len(m) == 0 {
+		return BatchStatus{}, fmt.Errorf("batch %q: %w (unknown batch id, or its records expired)", batchID, ErrNotFound)
+	}
+	atoi := func(k string) int { n, _ := strconv.Atoi(m[k]); return n }
+	return BatchStatus{BatchID: batchID, Total: atoi("total"), Succeeded: atoi(jobs.StatusSucceeded), Failed: atoi(jobs.StatusFailed)}, nil
+}
+
+// Export calls fn for every job of a batch in input order: with the stored
+// result, or with nil and the job id when the job has no result yet. It
+// reads in pages, so a batch of any size uses bounded memory.
+func (s *Store) Export(ctx context.Context, batchID string, fn func(jobID string, r *jobs.Result) error) error {
+	const page = 500
+	for start := int64(0); ; start += page {
+		ids, err := s.rdb.ZRange(ctx, s.batchJobsKey(batchID), start, start+page-1).Result()
+		if err != nil {
+			return fmt.Errorf("export batch %q: list jobs: %w", batchID, err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		keys := make([]string, len(ids))
+		for i, id := range ids {
+			keys[i] = s.resultKey(id)
+		}
+		vals, err := s.mget(ctx, keys)
+		if err != nil {
+			return fmt.Errorf("export batch %q: read results: %w", batchID, err)
+		}
+		for i, v := range vals {
+			var r *jobs.Result
+			if v != "" {
+				r = &jobs.Result{}
+				if err := json.Unmarshal([]byte(v), r); err != nil {
+					return fmt.Errorf("export batch %q: decode result %q: %w", batchID, ids[i], err)
+				}
+			}
+			if err := fn(ids[i], r); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// mget reads keys with one GET each in a pipeline (MGET would need every key
+// in one slot on Redis Cluster).
+func (s *Store) mget(ctx context.Context, keys []string) ([]string, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.Get(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	out := make([]string, len(keys))
+	for i, c := range cmds {
+		v, err := c.Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
+}

@@ -1,0 +1,238 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/llmq/llmq/hold"
+	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/policy"
+	"github.com/llmq/llmq/ratelimit"
+	"github.com/llmq/llmq/results"
+	"github.com/llmq/llmq/upstream"
+)
+
+// Completer is what the worker needs of an upstream: one chat-completions
+// call. *upstream.Client implements it.
+type Completer interface {
+	Chat(ctx context.Context, body []byte) (*upstream.Response, error)
+}
+
+// Config configures a Worker. Fields marked required must be set; the rest
+// have the documented defaults.
+type Config struct {
+	// Redis is the Redis asynq and llmq's records live in. Required.
+	Redis redis.UniversalClient
+	// Upstream is called for every attempt. Required.
+	Upstream Completer
+	// Keys is the upstream's API key source: on a 401 the worker refreshes
+	// it once before holding the fleet, and a changed key fingerprint lifts
+	// a hold. Optional.
+	Keys upstream.KeySource
+	// Limiter is the fleet-wide budget; nil means unlimited.
+	Limiter *ratelimit.Limiter
+	// Prefix namespaces llmq's keys (default "llmq").
+	Prefix string
+	// Account names the upstream account whose hold state the fleet shares
+	// (default "default").
+	Account string
+	// Concurrency is the number of jobs run at once (default 16).
+	Concurrency int
+	// Queues maps asynq queue names to priorities (default {"llmq": 1}).
+	Queues map[string]int
+	// ShutdownTimeout is how long in-flight jobs may finish after a stop
+	// signal before they go back to the queue (default 30s).
+	ShutdownTimeout time.Duration
+	// PollInterval is how often delayed and retried tasks become pending
+	// (default 1s).
+	PollInterval time.Duration
+	// Policy is the failure policy (default policy.DefaultPolicy()).
+	Policy *policy.Policy
+	// HoldRecheck is how long a job waits before looking again while the
+	// fleet is on hold (default 30s).
+	HoldRecheck time.Duration
+	// CallTimeout bounds one upstream call (default 10m).
+	CallTimeout time.Duration
+	// ResultTTL is how long result records live (default 7 days).
+	ResultTTL time.Duration
+	// DefaultMaxTokens is the completion estimate for jobs without
+	// max_tokens (default 1024).
+	DefaultMaxTokens int
+	// Log receives one event per upstream call and every state change.
+	Log zerolog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Worker runs jobs. Create it with New.
+type Worker struct {
+	cfg     Config
+	policy  policy.Policy
+	results *results.Store
+	holds   *hold.Store
+	est     *jobs.Estimator
+	log     zerolog.Logger
+	now     func() time.Time
+
+	mu  sync.Mutex
+	rnd *rand.Rand
+}
+
+// New checks cfg, fills defaults and returns a Worker.
+func New(cfg Config) (*Worker, error) {
+	switch {
+	case cfg.Redis == nil:
+		return nil, errors.New("worker: Config.Redis is required")
+	case cfg.Upstream == nil:
+		return nil, errors.New("worker: Config.Upstream is required")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "llmq"
+	}
+	if cfg.Account == "" {
+		cfg.Account = "default"
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 16
+	}
+	if len(cfg.Queues) == 0 {
+		cfg.Queues = map[string]int{"llmq": 1}
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	if cfg.HoldRecheck <= 0 {
+		cfg.HoldRecheck = 30 * time.Second
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 10 * time.Minute
+	}
+	if cfg.ResultTTL <= 0 {
+		cfg.ResultTTL = 7 * 24 * time.Hour
+	}
+	if cfg.DefaultMaxTokens <= 0 {
+		cfg.DefaultMaxTokens = 1024
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	p := policy.DefaultPolicy()
+	if cfg.Policy != nil {
+		p = *cfg.Policy
+	}
+	return &Worker{
+		cfg:     cfg,
+		policy:  p,
+		results: results.NewStore(cfg.Redis, cfg.Prefix, cfg.ResultTTL),
+		holds:   hold.NewStore(cfg.Redis, cfg.Prefix),
+		est:     jobs.NewEstimator(cfg.DefaultMaxTokens),
+		log:     cfg.Log,
+		now:     cfg.Now,
+		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	}, nil
+}
+
+// Server returns an asynq server configured for llmq's failure policy:
+// snoozes do not count as failures, retry delays come from the handler's
+// verdict.
+func (w *Worker) Server() *asynq.Server {
+	return asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
+		Concurrency:              w.cfg.Concurrency,
+		Queues:                   w.cfg.Queues,
+		ShutdownTimeout:          w.cfg.ShutdownTimeout,
+		DelayedTaskCheckInterval: w.cfg.PollInterval,
+		IsFailure:                isFailure,
+		RetryDelayFunc:           w.retryDelay,
+		Logger:                   asynqLogger{w.log},
+		LogLevel:                 asynq.WarnLevel,
+	})
+}
+
+// Run serves jobs until ctx ends, then shuts down gracefully: in-flight jobs
+// get ShutdownTimeout to finish, the rest return to the queue.
+func (w *Worker) Run(ctx context.Context) error {
+	srv := w.Server()
+	mux := asynq.NewServeMux()
+	mux.Handle(jobs.TaskType, w)
+	if err := srv.Start(mux); err != nil {
+		return fmt.Errorf("worker: start asynq server: %w", err)
+	}
+	w.log.Info().Int("concurrency", w.cfg.Concurrency).Interface("queues", w.cfg.Queues).Msg("worker started")
+	<-ctx.Done()
+	w.log.Info().Dur("shutdown_timeout", w.cfg.ShutdownTimeout).Msg("worker stopping: in-flight jobs finish or return to the queue")
+	srv.Shutdown()
+	w.log.Info().Msg("worker stopped")
+	return nil
+}
+
+// isFailure is asynq's IsFailure: snoozes (rate limited, hold, budget wait)
+// do not count.
+func isFailure(err error) bool {
+	var d *delayError
+	if errors.As(err, &d) {
+		return d.failure
+	}
+	return true
+}
+
+// retryDelay is asynq's RetryDelayFunc: the delay the handler decided, or
+// the policy's backoff for errors that carry none, rounded up to asynq's
+// clock (see roundUpToSecond).
+func (w *Worker) retryDelay(n int, err error, _ *asynq.Task) time.Duration {
+	var d *delayError
+	if errors.As(err, &d) {
+		return roundUpToSecond(w.now(), d.delay)
+	}
+	return roundUpToSecond(w.now(), w.backoff(n))
+}
+
+// roundUpToSecond stretches d so that now+d falls on a whole second. asynq
+// stores a retry's time as Unix seconds (rdb.Retry: processAt.Unix()) and
+// runs the task once that second has begun, so a delay ending mid-second
+// would run up to a second early and undercut a server's Retry-After. The
+// price is up to one second of extra delay on each retry.
+func roundUpToSecond(now time.Time, d time.Duration) time.Duration {
+	target := now.Add(d)
+	if whole := target.Truncate(time.Second); !whole.Equal(target) {
+		target = whole.Add(time.Second)
+	}
+	return target.Sub(now)
+}
+
+func (w *Worker) backoff(n int) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.policy.Backoff(n, w.rnd)
+}
+
+func (w *Worker) retryDelayFor(n int, v policy.Verdict) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.policy.RetryDelay(n, v, w.rnd)
+}
+
+// asynqLogger adapts zerolog to asynq's Logger.
+type asynqLogger struct{ l zerolog.Logger }
+
+func (a asynqLogger) Debug(args ...any) {
+	a.l.Debug().Str("component", "asynq").Msg(fmt.Sprint(args...))
+}
+func (a asynqLogger) Info(args ...any) { a.l.Info().Str("component", "asynq").Msg(fmt.Sprint(args...)) }
+func (a asynqLogger) Warn(args ...any) { a.l.Warn().Str("component", "asynq").Msg(fmt.Sprint(args...)) }
+func (a asynqLogger) Error(args ...any) {
+	a.l.Error().Str("component", "asynq").Msg(fmt.Sprint(args...))
+}
+func (a asynqLogger) Fatal(args ...any) {
+	a.l.Fatal().Str("component", "asynq").Msg(fmt.Sprint(args...))
+}
