@@ -81,16 +81,25 @@ func (s *Store) Clear(ctx context.Context, account string) (cleared bool, err er
 	return n > 0, nil
 }
 
+// clearIfScript deletes the hold only while it still names the given key
+// fingerprint: one atomic compare-and-delete.
+var clearIfScript = `
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, st = pcall(cjson.decode, v)
+if ok and type(st) == 'table' and st['key_fingerprint'] == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`
+
 // ClearIf lifts the hold only if it is still the one recorded for
 // fingerprint, so a worker with a fresh key does not erase a newer hold
-// raised against that fresh key.
+// raised against that fresh key. It is atomic.
 func (s *Store) ClearIf(ctx context.Context, account, fingerprint string) (bool, error) {
-	st, err := s.Get(ctx, account)
-	if err != nil || st == nil {
-		return false, err
+	n, err := s.rdb.Eval(ctx, clearIfScript, []string{s.key(account)}, fingerprint).Int()
+	if err != nil {
+		return false, fmt.Errorf("lift hold of account %q: %w", account, err)
 	}
-	if st.KeyFingerprint != fingerprint {
-		return false, nil
-	}
-	return s.Clear(ctx, account)
+	return n > 0, nil
 }

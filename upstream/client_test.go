@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -429,4 +430,44 @@ func TestChatTransportKinds(t *testing.T) {
 			t.Fatalf("empty key: %v, want ErrKey before any network call", err)
 		}
 	})
+}
+
+// TestChatKeyRotation is the worker's 401 path: the server accepts only the
+// new key, the file is rotated in place (same size and mtime, so only
+// Refresh can see it), RefreshKey reports the change and the next call
+// succeeds; the fingerprint tells the fleet the key changed.
+func TestChatKeyRotation(t *testing.T) {
+	const oldKey, newKey = "sk-old-key-1111", "sk-new-key-2222"
+	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+newKey {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}`)
+			return
+		}
+		_, _ = io.WriteString(w, completionJSON)
+	})
+	path := filepath.Join(t.TempDir(), "key")
+	mtime := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	writeKey(t, path, oldKey, mtime)
+	c := newClient(t, Config{BaseURL: srv.URL, Key: FileKey(path)})
+
+	_, err := c.Chat(t.Context(), []byte(requestBody))
+	var e *Error
+	if !errors.As(err, &e) || e.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("old key: %v, want 401", err)
+	}
+	before := c.KeyFingerprint()
+	if changed, err := c.RefreshKey(); changed || err != nil {
+		t.Fatalf("RefreshKey without rotation = %v, %v", changed, err)
+	}
+	writeKey(t, path, newKey, mtime)
+	if changed, err := c.RefreshKey(); !changed || err != nil {
+		t.Fatalf("RefreshKey after rotation = %v, %v", changed, err)
+	}
+	if _, err := c.Chat(t.Context(), []byte(requestBody)); err != nil {
+		t.Fatalf("new key: %v", err)
+	}
+	if after := c.KeyFingerprint(); after == before || after != Fingerprint(newKey) {
+		t.Fatalf("fingerprint %q -> %q", before, after)
+	}
 }

@@ -60,7 +60,7 @@ func TestEnqueueWaitAndExport(t *testing.T) {
 		t.Fatalf("%d result lines and %d error lines, want 57 and 3", len(oks), len(bads))
 	}
 	var line jobs.OutputLine
-	if err := json.Unmarshal([]byte(bads[0]), &line); err != nil || line.Error == nil || line.Error.Code != "invalid_request_error" || line.Response.StatusCode != 400 {
+	if err := json.Unmarshal([]byte(bads[0]), &line); err != nil || line.Error == nil || line.Error.Code != "invalid_type" || line.Response.StatusCode != 400 {
 		t.Errorf("error line %s", bads[0])
 	}
 	if !strings.Contains(errOut, "57 done, 3 failed, 0 pending of 60") {
