@@ -35,6 +35,16 @@ type Config struct {
 	Results  Results           `yaml:"results"`
 	Estimate Estimate          `yaml:"estimate"`
 	Log      Log               `yaml:"log"`
+
+	// BudgetMaxWait is the longest a job blocks in the worker for its
+	// budget; a longer wait snoozes the job (no attempt burned) until the
+	// budget has room.
+	BudgetMaxWait time.Duration `yaml:"budget_max_wait"`
+	// BudgetRefundUnused gives back, after each call, tokens reserved but
+	// not used (max_tokens beyond the actual completion). Off by default,
+	// matching OpenAI, which charges max_tokens when the request arrives;
+	// turn it on for providers that count actual usage.
+	BudgetRefundUnused bool `yaml:"budget_refund_unused"`
 }
 
 // Upstream configures the OpenAI-compatible API.
@@ -83,11 +93,13 @@ type Retry struct {
 }
 
 // Budget is one fleet-wide budget: requests and tokens per minute (0 =
-// unlimited) and the token burst (0 = one minute's budget).
+// unlimited), the token burst and the request burst (bucket capacities; 0 =
+// one minute's budget).
 type Budget struct {
-	RPM   int64 `yaml:"rpm"`
-	TPM   int64 `yaml:"tpm"`
-	Burst int64 `yaml:"burst"`
+	RPM           int64 `yaml:"rpm"`
+	TPM           int64 `yaml:"tpm"`
+	Burst         int64 `yaml:"burst"`
+	BurstRequests int64 `yaml:"burst_requests,omitempty"`
 }
 
 // Breaker configures the per-model circuit breaker.
@@ -146,6 +158,9 @@ func Default() Config {
 		Results:  Results{TTL: 7 * 24 * time.Hour, Retention: 24 * time.Hour},
 		Estimate: Estimate{DefaultMaxTokens: 1024},
 		Log:      Log{Level: "info", Environment: "dev"},
+
+		// BudgetMaxWait matches ratelimit.DefaultMaxWait.
+		BudgetMaxWait: 5 * time.Second,
 	}
 }
 
@@ -251,7 +266,7 @@ func (c *Config) Validate() error {
 		"retry.retry_after_cap": c.Retry.RetryAfterCap, "worker.shutdown_timeout": c.Worker.ShutdownTimeout,
 		"worker.poll_interval": c.Worker.PollInterval, "worker.hold_recheck": c.Worker.HoldRecheck,
 		"breaker.window": c.Breaker.Window, "breaker.open": c.Breaker.Open, "results.ttl": c.Results.TTL,
-		"results.retention": c.Results.Retention,
+		"results.retention": c.Results.Retention, "budget_max_wait": c.BudgetMaxWait,
 	} {
 		if d <= 0 {
 			bad(field, "must be a positive duration such as 5s, got %v", d)
@@ -264,8 +279,8 @@ func (c *Config) Validate() error {
 		bad("breaker.failures", "must be at least 1, got %d", c.Breaker.Failures)
 	}
 	for m, b := range c.Budgets {
-		if b.RPM < 0 || b.TPM < 0 || b.Burst < 0 {
-			bad("budgets."+m, "rpm, tpm and burst must be ≥ 0 (0 = unlimited / one minute's budget)")
+		if b.RPM < 0 || b.TPM < 0 || b.Burst < 0 || b.BurstRequests < 0 {
+			bad("budgets."+m, "rpm, tpm, burst and burst_requests must be ≥ 0 (0 = unlimited / one minute's budget)")
 		}
 	}
 	if c.Estimate.DefaultMaxTokens < 1 {

@@ -30,6 +30,7 @@ func batchJSONL(n int) string {
 // upstream is called once per job, and the export is complete OpenAI Batch
 // output.
 func TestEndToEndBatchTwoWorkers(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, fakeupstream.Config{Latency: 2 * time.Millisecond})
 	h.startWorker(workerOpts{})
 	h.startWorker(workerOpts{})

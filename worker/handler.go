@@ -11,6 +11,7 @@ import (
 
 	"github.com/llmq/llmq/hold"
 	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/metrics"
 	"github.com/llmq/llmq/policy"
 	"github.com/llmq/llmq/ratelimit"
 	"github.com/llmq/llmq/results"
@@ -124,11 +125,14 @@ func (w *Worker) holdGate(ctx context.Context) error {
 		return &delayError{delay: w.cfg.PollInterval, reason: "hold state unreadable, waiting: " + err.Error()}
 	}
 	if st == nil {
+		w.cfg.Metrics.HoldLifted(w.cfg.Account)
 		return nil
 	}
+	w.cfg.Metrics.HoldActive(w.cfg.Account, st.Class)
 	if w.cfg.Keys != nil {
 		if _, err := w.cfg.Keys.Key(); err == nil && w.cfg.Keys.Fingerprint() != st.KeyFingerprint {
 			if lifted, err := w.holds.ClearIf(ctx, w.cfg.Account, st.KeyFingerprint); err == nil && lifted {
+				w.cfg.Metrics.HoldLifted(w.cfg.Account)
 				w.log.Warn().Str("account", w.cfg.Account).Str("class", st.Class).Msg("hold lifted: the API key changed; upstream calls resume")
 			}
 			return nil
@@ -146,10 +150,13 @@ func (w *Worker) acquire(ctx context.Context, r *run, model string, req *jobs.Re
 		return nil, nil
 	}
 	cost := w.est.Estimate(req)
+	waitStart := w.now()
 	res, err := w.cfg.Limiter.Acquire(ctx, model, ratelimit.Cost{Requests: 1, Tokens: int64(cost.Total())})
 	var we *ratelimit.WaitError
 	switch {
 	case err == nil:
+		w.cfg.Metrics.BudgetWait(model, w.now().Sub(waitStart))
+		w.cfg.Metrics.Tokens(model, metrics.TokensEstimated, cost.Total())
 		return &res, nil
 	case errors.As(err, &we):
 		return nil, &delayError{delay: max(we.Until.Sub(w.now()), 0), reason: "budget: waiting for " + model + " budget: " + err.Error()}
@@ -170,6 +177,7 @@ func (w *Worker) call(ctx context.Context, r *run, model string, tier int, body 
 	latency := w.now().Sub(start)
 	r.lastErr = err
 	v := w.policy.Classify(resp, err)
+	w.observeCall(model, resp, err, v, latency)
 	ev := w.log.Info()
 	if v.Outcome != policy.OK {
 		ev = w.log.Warn()
@@ -198,10 +206,12 @@ func (w *Worker) reconcile(ctx context.Context, grant *ratelimit.Reservation, re
 	if grant == nil || w.cfg.Limiter == nil {
 		return
 	}
-	actual := grant.Cost.Tokens
-	view := ratelimit.ServerView{RemainingRequests: -1, RemainingTokens: -1, ResetRequests: -1, ResetTokens: -1}
+	actual := int64(-1) // unknown: nothing is refunded
+	view := ratelimit.NoServerView()
 	if resp != nil {
-		actual = int64(resp.Usage.TotalTokens)
+		if resp.Usage.TotalTokens > 0 {
+			actual = int64(resp.Usage.TotalTokens)
+		}
 		view = serverView(resp.RateLimit)
 	}
 	if err := w.cfg.Limiter.Reconcile(ctx, *grant, actual, view); err != nil {
@@ -220,6 +230,7 @@ func (w *Worker) succeed(ctx context.Context, r *run, model string, tier int, re
 		served = "fallback:" + model
 	}
 	usage := resp.Usage
+	w.observeUsage(model, usage)
 	res := w.record(r, jobs.StatusSucceeded)
 	res.Model = resp.Model
 	res.ServedBy = served
@@ -237,6 +248,7 @@ func (w *Worker) succeed(ctx context.Context, r *run, model string, tier int, re
 }
 
 func (w *Worker) rateLimited(ctx context.Context, r *run, model string, v policy.Verdict) error {
+	w.cfg.Metrics.RateLimited(model)
 	delay := v.RetryAfter
 	if delay <= 0 {
 		delay = w.backoff(0)
@@ -244,6 +256,15 @@ func (w *Worker) rateLimited(ctx context.Context, r *run, model string, v policy
 	if w.cfg.Limiter != nil {
 		if err := w.cfg.Limiter.Cooldown(ctx, model, w.now().Add(delay)); err != nil {
 			w.log.Warn().Err(err).Msg("set fleet cooldown failed")
+		}
+		// The 429's x-ratelimit-remaining-* are the server's view: adopt
+		// them for the fleet when stricter (a refused call is not charged,
+		// so nothing is refunded either).
+		var ue *upstream.Error
+		if errors.As(r.lastErr, &ue) && ue.RateLimit.Known() {
+			if err := w.cfg.Limiter.Reconcile(ctx, ratelimit.Reservation{Model: model}, -1, serverView(ue.RateLimit)); err != nil {
+				w.log.Warn().Err(err).Msg("budget reconcile after 429 failed")
+			}
 		}
 	}
 	return &delayError{delay: delay, reason: "rate_limited: " + v.Reason}
@@ -257,6 +278,11 @@ func (w *Worker) hold(ctx context.Context, r *run, v policy.Verdict) error {
 	created, err := w.holds.Set(ctx, hold.State{Account: w.cfg.Account, Class: v.Class, Reason: v.Reason, KeyFingerprint: fp, Since: w.now()})
 	if err != nil {
 		w.log.Error().Err(err).Msg("could not record the hold in Redis")
+	}
+	if created {
+		w.cfg.Metrics.HoldPlaced(w.cfg.Account, v.Class)
+	} else {
+		w.cfg.Metrics.HoldActive(w.cfg.Account, v.Class)
 	}
 	if created {
 		w.log.Error().Str("event", "hold").Str("account", w.cfg.Account).Str("class", v.Class).Str("reason", v.Reason).
@@ -286,6 +312,7 @@ func (w *Worker) deadLetter(ctx context.Context, r *run, v policy.Verdict, resp 
 }
 
 func (w *Worker) saveFailure(ctx context.Context, r *run, v policy.Verdict, resp *upstream.Response) {
+	w.cfg.Metrics.DeadLetter(v.Class)
 	res := w.record(r, jobs.StatusFailed)
 	res.Error = &jobs.ErrorInfo{Outcome: string(policy.DeadLetter), Message: v.Reason, Type: v.Class}
 	var ue *upstream.Error

@@ -27,7 +27,7 @@ import (
 // harness is one test's world: an isolated slice of the real Redis, a fake
 // upstream over real HTTP, a producer, and worker servers started on demand.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	env   *llmqtest.Env
 	fake  *fakeupstream.Server
 	url   string
@@ -36,7 +36,7 @@ type harness struct {
 	logs  *syncBuffer
 }
 
-func newHarness(t *testing.T, fcfg fakeupstream.Config) *harness {
+func newHarness(t testing.TB, fcfg fakeupstream.Config) *harness {
 	t.Helper()
 	env := llmqtest.Redis(t)
 	if fcfg.APIKey == "" {

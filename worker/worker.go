@@ -14,6 +14,7 @@ import (
 
 	"github.com/llmq/llmq/hold"
 	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/metrics"
 	"github.com/llmq/llmq/policy"
 	"github.com/llmq/llmq/ratelimit"
 	"github.com/llmq/llmq/results"
@@ -68,6 +69,10 @@ type Config struct {
 	DefaultMaxTokens int
 	// Log receives one event per upstream call and every state change.
 	Log zerolog.Logger
+	// Metrics receives the job's path as Prometheus metrics (upstream calls,
+	// tokens, budget waits, 429s, holds, job outcomes). Optional: nil
+	// records nothing.
+	Metrics *metrics.Metrics
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -164,7 +169,7 @@ func (w *Worker) Server() *asynq.Server {
 func (w *Worker) Run(ctx context.Context) error {
 	srv := w.Server()
 	mux := asynq.NewServeMux()
-	mux.Handle(jobs.TaskType, w)
+	mux.Handle(jobs.TaskType, w.instrumented())
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("worker: start asynq server: %w", err)
 	}

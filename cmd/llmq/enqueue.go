@@ -170,11 +170,12 @@ func (a *app) limiter(rdb redis.UniversalClient) (*ratelimit.Limiter, error) {
 	budgets := map[string]ratelimit.Budget{}
 	any := false
 	for model, b := range a.cfg.Budgets {
-		budgets[model] = ratelimit.Budget{RPM: b.RPM, TPM: b.TPM, BurstTokens: b.Burst}
+		budgets[model] = ratelimit.Budget{RPM: b.RPM, TPM: b.TPM, BurstTokens: b.Burst, BurstRequests: b.BurstRequests}
 		any = any || b.RPM > 0 || b.TPM > 0
 	}
 	if !any {
 		return nil, nil
 	}
-	return ratelimit.New(rdb, ratelimit.Config{Prefix: a.cfg.Prefix, Account: a.cfg.Upstream.Account, Budgets: budgets})
+	return ratelimit.New(rdb, ratelimit.Config{Prefix: a.cfg.Prefix, Account: a.cfg.Upstream.Account, Budgets: budgets,
+		MaxWait: a.cfg.BudgetMaxWait, RefundUnused: a.cfg.BudgetRefundUnused})
 }

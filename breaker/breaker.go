@@ -1,0 +1,429 @@
+package breaker
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+//go:embed allow.lua
+var allowLua string
+
+//go:embed record.lua
+var recordLua string
+
+// State is a breaker's state.
+type State string
+
+// States of a breaker.
+const (
+	// Closed: calls go upstream; failures are counted in the rolling window.
+	Closed State = "closed"
+	// Open: no call goes upstream until the open interval ends.
+	Open State = "open"
+	// HalfOpen: the open interval ended; exactly one call of the fleet (the
+	// probe) goes upstream, and its verdict closes or reopens the breaker.
+	HalfOpen State = "half_open"
+)
+
+// Outcome is the verdict on a call the breaker allowed, as Record takes it.
+type Outcome string
+
+// Outcomes.
+const (
+	// Success: the upstream answered (any answer that is not a Failure,
+	// including 4xx caused by the job and 429s). Closes a half-open breaker.
+	Success Outcome = "success"
+	// Failure: the failure policy counts it toward the breaker
+	// (policy.Verdict.Breaker: 5xx, 529, 408, transport errors, timeouts).
+	Failure Outcome = "failure"
+	// Abandon: the call was not made or says nothing about the upstream
+	// (shutdown, a budget wait). A probe's lease passes to the next caller.
+	Abandon Outcome = "abandon"
+)
+
+// Defaults of Config's zero values: DESIGN.md's breaker.
+const (
+	DefaultFailures   = 5
+	DefaultWindow     = 60 * time.Second
+	DefaultOpen       = 30 * time.Second
+	DefaultProbeLease = 60 * time.Second
+	DefaultPrefix     = "llmq"
+	DefaultScope      = "default"
+)
+
+// Config configures a Breaker. Zero values take the documented defaults.
+// Every process of a fleet must use the same Prefix, Scope and thresholds.
+type Config struct {
+	// Prefix namespaces the Redis keys (default "llmq").
+	Prefix string
+	// Scope names the upstream (account or endpoint) so that the same model
+	// name on two upstreams has two breakers (default "default").
+	Scope string
+	// Failures is the number of counted failures within Window that opens
+	// the breaker (default 5).
+	Failures int
+	// Window is the rolling window failures are counted in (default 60 s).
+	Window time.Duration
+	// Open is how long the breaker stays open before its probe (default
+	// 30 s).
+	Open time.Duration
+	// ProbeLease is how long the probe owns the half-open period: if its
+	// verdict has not been recorded by then (its process died), the next
+	// caller becomes the probe (default 60 s). Set it above the longest
+	// upstream call.
+	ProbeLease time.Duration
+	// PerProcess gives this Breaker state of its own, shared with no other
+	// process. It exists for the outage drill's baseline (what every
+	// process tripping its own breaker costs); never set it in production.
+	PerProcess bool
+	// Now is the clock (default time.Now). All processes' clocks must agree
+	// to well under a second, as for the fleet budget.
+	Now func() time.Time
+	// OnTransition, when set, is called after each state change this
+	// process made (every change is made, and so reported, by exactly one
+	// process of the fleet): closed→open when a failure trips it,
+	// open→half_open when this process takes the probe, half_open→closed or
+	// half_open→open on the probe's verdict. It must not block.
+	OnTransition func(model string, from, to State)
+}
+
+// Permit is Allow's answer for one call.
+type Permit struct {
+	// Model is the breaker's model.
+	Model string
+	// Allowed reports that the call may go upstream.
+	Allowed bool
+	// Probe reports that the call is the half-open period's one probe: its
+	// Record decides the breaker's state.
+	Probe bool
+	// State is the state Allow saw (HalfOpen for the probe).
+	State State
+	// RetryAt, when Allowed is false, is when to ask again: the end of the
+	// open interval, or of the probe's lease while a probe is in flight.
+	RetryAt time.Time
+	token   string
+}
+
+// Status is a breaker's state at one instant, for `llmq status` and
+// metrics.
+type Status struct {
+	// Model and Scope identify the breaker; Key is its Redis key.
+	Model, Scope, Key string
+	// State is the effective state at At: an open breaker whose interval
+	// ended is HalfOpen (waiting for its probe).
+	State State
+	// At is the instant (from Config.Now) of the status.
+	At time.Time
+	// OpenUntil is the end of the open interval (zero unless open).
+	OpenUntil time.Time
+	// OpenedAt is when it last opened (zero if never).
+	OpenedAt time.Time
+	// ProbeUntil is the end of the probe's lease while a probe is in flight.
+	ProbeUntil time.Time
+	// Failures counts the failures in the rolling window (closed only).
+	Failures int64
+	// Trips counts how often it opened since its key was created.
+	Trips int64
+}
+
+// Breaker is the per-model circuit breaker of one upstream, its state kept
+// in Redis and shared by every process of the fleet. It is safe for
+// concurrent use.
+//
+// Why not a library: failsafe-go's circuitbreaker keeps its state (and its
+// rolling window) in process memory with no pluggable store, and
+// sony/gobreaker's DistributedCircuitBreaker shares state by taking a Redis
+// mutex and reading and writing the whole JSON state around every call (4
+// round trips, a 500 ms sleep when the mutex is busy), reads time.Now (no
+// injectable clock), and counts the half-open probe in that state with no
+// lease, so a probe whose process dies leaves the breaker half-open for
+// good. The state machine here is two small Lua scripts (allow.lua,
+// record.lua): a sorted set of failure instants for the rolling window, a
+// hash with the state, the open interval's end and the probe's lease. Allow
+// is one round trip; Record is one round trip for failures and probes and
+// none for ordinary successes.
+type Breaker struct {
+	rdb    redis.UniversalClient
+	cfg    Config
+	allow  *redis.Script
+	record *redis.Script
+	id     string // distinguishes this Breaker's probe tokens
+	seq    atomic.Uint64
+	scope  string // the key scope: Scope, plus id when PerProcess
+}
+
+// New returns a Breaker on rdb. It checks cfg, naming any invalid field; it
+// does not contact Redis.
+func New(rdb redis.UniversalClient, cfg Config) (*Breaker, error) {
+	if rdb == nil {
+		return nil, errors.New("breaker: the Redis client is nil: pass the fleet's Redis client")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if cfg.Scope == "" {
+		cfg.Scope = DefaultScope
+	}
+	if cfg.Failures == 0 {
+		cfg.Failures = DefaultFailures
+	}
+	if cfg.Window == 0 {
+		cfg.Window = DefaultWindow
+	}
+	if cfg.Open == 0 {
+		cfg.Open = DefaultOpen
+	}
+	if cfg.ProbeLease == 0 {
+		cfg.ProbeLease = DefaultProbeLease
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	var errs []error
+	if cfg.Failures < 1 {
+		errs = append(errs, fmt.Errorf("breaker: failures is %d: set at least 1, or 0 for the default %d", cfg.Failures, DefaultFailures))
+	}
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{{"window", cfg.Window}, {"open", cfg.Open}, {"probe_lease", cfg.ProbeLease}} {
+		if f.d < time.Millisecond {
+			errs = append(errs, fmt.Errorf("breaker: %s is %s: set a positive duration of at least 1ms, or 0 for the default", f.name, f.d))
+		}
+	}
+	if strings.ContainsAny(cfg.Scope, "{}") {
+		errs = append(errs, fmt.Errorf("breaker: scope %q contains a brace: name the upstream without { or }", cfg.Scope))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("breaker: reading random bytes for probe tokens failed: %w", err)
+	}
+	br := &Breaker{rdb: rdb, cfg: cfg, allow: redis.NewScript(allowLua), record: redis.NewScript(recordLua),
+		id: hex.EncodeToString(b[:]), scope: cfg.Scope}
+	if cfg.PerProcess {
+		br.scope = cfg.Scope + "@" + br.id
+	}
+	return br, nil
+}
+
+// Config returns the configuration in effect, defaults applied.
+func (b *Breaker) Config() Config { return b.cfg }
+
+// Key returns the Redis key of model's state hash:
+// <prefix>:breaker:{<scope>:<model>}. The failure window is the same key
+// with ":failures" appended (same hash slot).
+func (b *Breaker) Key(model string) string {
+	return b.cfg.Prefix + ":breaker:{" + b.scope + ":" + model + "}"
+}
+
+func (b *Breaker) failuresKey(model string) string { return b.Key(model) + ":failures" }
+
+// ttl is how long idle keys live: long enough that no state they hold can
+// still matter.
+func (b *Breaker) ttl() int64 {
+	return (b.cfg.Window + b.cfg.Open + b.cfg.ProbeLease + time.Hour).Milliseconds()
+}
+
+// Allow says whether a call to model may go upstream now. A closed breaker
+// allows every call; an open one none until its interval ends; then exactly
+// one caller of the fleet gets the probe (Permit.Probe) until its verdict is
+// recorded or its lease runs out. Every allowed call must be followed by
+// Record with the same Permit. One Redis round trip.
+func (b *Breaker) Allow(ctx context.Context, model string) (Permit, error) {
+	now := b.cfg.Now()
+	token := b.id + "-" + strconv.FormatUint(b.seq.Add(1), 10)
+	res, err := b.allow.Run(ctx, b.rdb, []string{b.Key(model)},
+		now.UnixMilli(), b.cfg.ProbeLease.Milliseconds(), token, b.ttl()).Slice()
+	if err != nil {
+		return Permit{Model: model}, fmt.Errorf("breaker: allow %q: %w (Redis unreachable? the job should wait and try again)", model, err)
+	}
+	if len(res) != 5 {
+		return Permit{Model: model}, fmt.Errorf("breaker: allow %q: unexpected script reply %v", model, res)
+	}
+	p := Permit{Model: model, Allowed: toInt(res[0]) == 1, Probe: toInt(res[1]) == 1, State: State(toString(res[2]))}
+	if at := toInt(res[3]); at > 0 {
+		p.RetryAt = time.UnixMilli(at)
+	}
+	if p.Probe {
+		p.token = token
+	}
+	if from := toString(res[4]); from != "" {
+		b.transition(model, State(from), p.State)
+	}
+	return p, nil
+}
+
+// Record reports the outcome of a call Allow permitted. A Failure in the
+// closed state is counted in the rolling window and may open the breaker;
+// the probe's Success closes it and its Failure reopens it for another
+// open interval; an Abandon gives the probe's lease back. Success of an
+// ordinary call costs no Redis round trip. Record of a refused permit is a
+// no-op.
+func (b *Breaker) Record(ctx context.Context, p Permit, o Outcome) error {
+	if !p.Allowed || (!p.Probe && o != Failure) {
+		return nil
+	}
+	switch o {
+	case Success, Failure, Abandon:
+	default:
+		return fmt.Errorf("breaker: record %q: unknown outcome %q: use Success, Failure or Abandon", p.Model, o)
+	}
+	now := b.cfg.Now()
+	member := b.id + "-" + strconv.FormatUint(b.seq.Add(1), 10)
+	res, err := b.record.Run(ctx, b.rdb, []string{b.Key(p.Model), b.failuresKey(p.Model)},
+		now.UnixMilli(), string(o), p.token, b.cfg.Failures, b.cfg.Window.Milliseconds(),
+		b.cfg.Open.Milliseconds(), b.ttl(), member).Slice()
+	if err != nil {
+		return fmt.Errorf("breaker: record %s for %q: %w", o, p.Model, err)
+	}
+	if len(res) != 3 {
+		return fmt.Errorf("breaker: record %s for %q: unexpected script reply %v", o, p.Model, res)
+	}
+	if from, to := toString(res[0]), toString(res[1]); from != "" {
+		b.transition(p.Model, State(from), State(to))
+	}
+	return nil
+}
+
+func (b *Breaker) transition(model string, from, to State) {
+	if b.cfg.OnTransition != nil {
+		b.cfg.OnTransition(model, from, to)
+	}
+}
+
+// Status returns model's breaker state now. One Redis round trip.
+func (b *Breaker) Status(ctx context.Context, model string) (Status, error) {
+	return b.status(ctx, b.Key(model), model)
+}
+
+func (b *Breaker) status(ctx context.Context, key, model string) (Status, error) {
+	now := b.cfg.Now()
+	pipe := b.rdb.Pipeline()
+	h := pipe.HGetAll(ctx, key)
+	n := pipe.ZCount(ctx, key+":failures", "("+strconv.FormatInt(now.Add(-b.cfg.Window).UnixMilli(), 10), "+inf")
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return Status{}, fmt.Errorf("breaker: read state of %q: %w", model, err)
+	}
+	m := h.Val()
+	st := Status{Model: model, Scope: b.scope, Key: key, At: now, State: Closed, Trips: atoi(m["trips"])}
+	if at := atoi(m["opened_at"]); at > 0 {
+		st.OpenedAt = time.UnixMilli(at)
+	}
+	switch State(m["state"]) {
+	case Open:
+		st.State, st.OpenUntil = Open, time.UnixMilli(atoi(m["open_until"]))
+		if !now.Before(st.OpenUntil) {
+			st.State = HalfOpen
+		}
+	case HalfOpen:
+		st.State = HalfOpen
+		if lu := time.UnixMilli(atoi(m["lease_until"])); now.Before(lu) {
+			st.ProbeUntil = lu
+		}
+	default:
+		st.Failures = n.Val()
+	}
+	return st, nil
+}
+
+// List returns the status of every breaker of this Scope that has state in
+// Redis (a model that never failed has none: it is closed), sorted by key.
+// It scans keys: meant for operators, not for the job path.
+func (b *Breaker) List(ctx context.Context) ([]Status, error) {
+	prefix := b.cfg.Prefix + ":breaker:{" + b.scope + ":"
+	if b.cfg.PerProcess {
+		prefix = b.cfg.Prefix + ":breaker:{" + b.cfg.Scope + "@"
+	}
+	seen := map[string]bool{}
+	var out []Status
+	iter := b.rdb.Scan(ctx, 0, escapeGlob(prefix)+"*", 500).Iterator()
+	for iter.Next(ctx) {
+		key := strings.TrimSuffix(iter.Val(), ":failures")
+		if seen[key] || !strings.HasSuffix(key, "}") {
+			continue
+		}
+		seen[key] = true
+		model := strings.TrimSuffix(key[len(prefix):], "}")
+		if b.cfg.PerProcess {
+			_, model, _ = strings.Cut(model, ":") // <id>:<model>
+		}
+		st, err := b.status(ctx, key, model)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("breaker: list breakers under %q: %w", prefix, err)
+	}
+	slices.SortFunc(out, func(x, y Status) int { return strings.Compare(x.Key, y.Key) })
+	return out, nil
+}
+
+// Await waits while model's probe is in flight, reading the state every
+// poll, for at most max: callers refused during a probe can go on the moment
+// it closes the breaker instead of being rescheduled. It returns the last
+// status read: Closed (call Allow again), Open (wait until OpenUntil), or
+// HalfOpen when max passed first. It makes at most max/poll + 1 reads.
+func (b *Breaker) Await(ctx context.Context, model string, max, poll time.Duration) (Status, error) {
+	if poll <= 0 {
+		poll = 100 * time.Millisecond
+	}
+	deadline := time.NewTimer(max)
+	defer deadline.Stop()
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
+	for {
+		st, err := b.Status(ctx, model)
+		if err != nil || st.State != HalfOpen || st.ProbeUntil.IsZero() {
+			return st, err
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-deadline.C:
+			return st, nil
+		case <-tick.C:
+		}
+	}
+}
+
+// escapeGlob escapes Redis glob metacharacters.
+func escapeGlob(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`, `]`, `\]`)
+	return r.Replace(s)
+}
+
+func toInt(v any) int64 {
+	switch x := v.(type) {
+	case int64:
+		return x
+	case string:
+		return atoi(x)
+	}
+	return 0
+}
+
+func toString(v any) string {
+	s, _ := v.(string)
+	return s
+}
+
+func atoi(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}

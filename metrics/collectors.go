@@ -1,0 +1,249 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmq/llmq/hold"
+	"github.com/llmq/llmq/ratelimit"
+)
+
+// scrapeTimeout bounds the Redis reads of one scrape-time collector.
+const scrapeTimeout = 2 * time.Second
+
+// BudgetSource is what the budget collector reads: *ratelimit.Limiter.
+type BudgetSource interface {
+	Usage(ctx context.Context, model string) (ratelimit.Snapshot, error)
+}
+
+// HoldSource is what the hold collector reads: *hold.Store.
+type HoldSource interface {
+	Get(ctx context.Context, account string) (*hold.State, error)
+}
+
+// WatchBudget adds a collector that reads, at each scrape, the fleet-wide
+// budget of every model this process has called (as its metrics saw them):
+// llmq_budget_limit_per_minute, llmq_budget_capacity, llmq_budget_available
+// and llmq_budget_utilization_ratio by model and kind (requests, tokens),
+// and llmq_budget_cooldown_seconds by model. Unlimited dimensions are left
+// out. Every worker of a fleet reports the same shared budget: aggregate
+// with max, not sum.
+func (m *Metrics) WatchBudget(src BudgetSource) error {
+	if m == nil {
+		return nil
+	}
+	if src == nil {
+		return errors.New("metrics: WatchBudget needs a budget source (the worker's *ratelimit.Limiter)")
+	}
+	if err := m.reg.Register(newBudgetCollector(m, src)); err != nil {
+		return fmt.Errorf("metrics: register the budget collector (call WatchBudget once): %w", err)
+	}
+	return nil
+}
+
+// WatchHold makes llmq_hold_active read account's hold from src at each
+// scrape, so every worker reports the fleet's hold as it stands in Redis,
+// including holds placed by other processes and lifts by `llmq resume`.
+// Without it the gauge shows what this process's jobs last saw.
+func (m *Metrics) WatchHold(account string, src HoldSource) error {
+	if m == nil {
+		return nil
+	}
+	if src == nil {
+		return errors.New("metrics: WatchHold needs a hold source (a *hold.Store)")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.holdSrc, m.holdAccount = src, account
+	return nil
+}
+
+// WatchQueues adds a collector that reads asynq's queue statistics at each
+// scrape: asynq_queue_tasks{queue,state}, asynq_queue_size,
+// asynq_queue_latency_seconds, asynq_queue_memory_usage_approx_bytes,
+// asynq_queue_paused, asynq_tasks_processed_total and
+// asynq_tasks_failed_total. queues names the queues to report; empty means
+// every queue in Redis. Every worker reports the same queues: aggregate with
+// max, not sum. The caller keeps insp open while the metrics are served.
+func (m *Metrics) WatchQueues(insp *asynq.Inspector, queues []string) error {
+	if m == nil {
+		return nil
+	}
+	if insp == nil {
+		return errors.New("metrics: WatchQueues needs an asynq inspector (asynq.NewInspectorFromRedisClient)")
+	}
+	if err := m.reg.Register(newQueueCollector(m, insp, queues)); err != nil {
+		return fmt.Errorf("metrics: register the queue collector (call WatchQueues once): %w", err)
+	}
+	return nil
+}
+
+// holdCollector exposes llmq_hold_active, refreshed from the hold source
+// first when one is set.
+type holdCollector struct{ m *Metrics }
+
+func (c holdCollector) Describe(ch chan<- *prometheus.Desc) { c.m.holdActive.Describe(ch) }
+
+func (c holdCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.mu.Lock()
+	src, account := c.m.holdSrc, c.m.holdAccount
+	c.m.mu.Unlock()
+	if src != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+		st, err := src.Get(ctx, account)
+		cancel()
+		switch {
+		case err != nil:
+			c.m.collectorErrors.WithLabelValues("hold").Inc()
+		case st == nil:
+			c.m.HoldLifted(account)
+		default:
+			c.m.HoldActive(account, st.Class)
+		}
+	}
+	c.m.holdActive.Collect(ch)
+}
+
+// budgetCollector reads the fleet-wide budgets at scrape time.
+type budgetCollector struct {
+	m   *Metrics
+	src BudgetSource
+
+	limit, capacity, available, util, cooldown *prometheus.Desc
+}
+
+func newBudgetCollector(m *Metrics, src BudgetSource) *budgetCollector {
+	mk := []string{"model", "kind"}
+	return &budgetCollector{
+		m: m, src: src,
+		limit:     prometheus.NewDesc("llmq_budget_limit_per_minute", "Configured fleet-wide budget per minute, by model and kind (requests, tokens).", mk, nil),
+		capacity:  prometheus.NewDesc("llmq_budget_capacity", "Size of the fleet-wide budget bucket (burst), by model and kind.", mk, nil),
+		available: prometheus.NewDesc("llmq_budget_available", "What the fleet-wide budget bucket holds now, by model and kind.", mk, nil),
+		util:      prometheus.NewDesc("llmq_budget_utilization_ratio", "Share of the fleet-wide budget bucket in use now (1 - available/capacity), by model and kind.", mk, nil),
+		cooldown:  prometheus.NewDesc("llmq_budget_cooldown_seconds", "Seconds left of a fleet-wide 429 cooldown on the model (0 when none).", []string{"model"}, nil),
+	}
+}
+
+func (c *budgetCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.limit, c.capacity, c.available, c.util, c.cooldown} {
+		ch <- d
+	}
+}
+
+func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	for _, model := range c.m.seenModels() {
+		s, err := c.src.Usage(ctx, model)
+		if errors.Is(err, ratelimit.ErrNoBudget) {
+			continue
+		}
+		if err != nil {
+			c.m.collectorErrors.WithLabelValues("budget").Inc()
+			continue
+		}
+		for _, d := range []struct {
+			kind      string
+			limit     int64
+			capacity  int64
+			available float64
+		}{
+			{"requests", s.Budget.RPM, s.RequestCapacity, s.Requests},
+			{"tokens", s.Budget.TPM, s.TokenCapacity, s.Tokens},
+		} {
+			if d.capacity <= 0 {
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(d.limit), model, d.kind)
+			ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(d.capacity), model, d.kind)
+			ch <- prometheus.MustNewConstMetric(c.available, prometheus.GaugeValue, d.available, model, d.kind)
+			util := 1 - d.available/float64(d.capacity)
+			ch <- prometheus.MustNewConstMetric(c.util, prometheus.GaugeValue, min(max(util, 0), 1), model, d.kind)
+		}
+		cool := 0.0
+		if !s.CooldownUntil.IsZero() && s.CooldownUntil.After(s.At) {
+			cool = s.CooldownUntil.Sub(s.At).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(c.cooldown, prometheus.GaugeValue, cool, model)
+	}
+}
+
+// queueCollector reads asynq's queue statistics at scrape time.
+type queueCollector struct {
+	m      *Metrics
+	insp   *asynq.Inspector
+	queues []string
+
+	tasks, size, latency, memory, paused, processed, failed *prometheus.Desc
+}
+
+func newQueueCollector(m *Metrics, insp *asynq.Inspector, queues []string) *queueCollector {
+	q := []string{"queue"}
+	return &queueCollector{
+		m: m, insp: insp, queues: append([]string(nil), queues...),
+		tasks:     prometheus.NewDesc("asynq_queue_tasks", "Tasks in the asynq queue by state (pending, active, scheduled, retry, archived, completed, aggregating).", []string{"queue", "state"}, nil),
+		size:      prometheus.NewDesc("asynq_queue_size", "Tasks in the asynq queue, all states.", q, nil),
+		latency:   prometheus.NewDesc("asynq_queue_latency_seconds", "Age of the oldest pending task in the asynq queue.", q, nil),
+		memory:    prometheus.NewDesc("asynq_queue_memory_usage_approx_bytes", "Approximate Redis memory the asynq queue uses (sampled).", q, nil),
+		paused:    prometheus.NewDesc("asynq_queue_paused", "1 when the asynq queue is paused, else 0.", q, nil),
+		processed: prometheus.NewDesc("asynq_tasks_processed_total", "Tasks the asynq queue has processed (succeeded or failed), fleet-wide.", q, nil),
+		failed:    prometheus.NewDesc("asynq_tasks_failed_total", "Task runs that failed in the asynq queue, fleet-wide.", q, nil),
+	}
+}
+
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.tasks, c.size, c.latency, c.memory, c.paused, c.processed, c.failed} {
+		ch <- d
+	}
+}
+
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	// Queues exist in asynq once a task was enqueued to them; a configured
+	// queue not there yet has nothing to report.
+	all, err := c.insp.Queues()
+	if err != nil {
+		c.m.collectorErrors.WithLabelValues("queues").Inc()
+		return
+	}
+	queues := all
+	if len(c.queues) > 0 {
+		exists := make(map[string]bool, len(all))
+		for _, q := range all {
+			exists[q] = true
+		}
+		queues = queues[:0:0]
+		for _, q := range c.queues {
+			if exists[q] {
+				queues = append(queues, q)
+			}
+		}
+	}
+	for _, q := range queues {
+		info, err := c.insp.GetQueueInfo(q)
+		if err != nil {
+			c.m.collectorErrors.WithLabelValues("queues").Inc()
+			continue
+		}
+		for state, n := range map[string]int{
+			"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled, "retry": info.Retry,
+			"archived": info.Archived, "completed": info.Completed, "aggregating": info.Aggregating,
+		} {
+			ch <- prometheus.MustNewConstMetric(c.tasks, prometheus.GaugeValue, float64(n), q, state)
+		}
+		paused := 0.0
+		if info.Paused {
+			paused = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(info.Size), q)
+		ch <- prometheus.MustNewConstMetric(c.latency, prometheus.GaugeValue, info.Latency.Seconds(), q)
+		ch <- prometheus.MustNewConstMetric(c.memory, prometheus.GaugeValue, float64(info.MemoryUsage), q)
+		ch <- prometheus.MustNewConstMetric(c.paused, prometheus.GaugeValue, paused, q)
+		ch <- prometheus.MustNewConstMetric(c.processed, prometheus.CounterValue, float64(info.ProcessedTotal), q)
+		ch <- prometheus.MustNewConstMetric(c.failed, prometheus.CounterValue, float64(info.FailedTotal), q)
+	}
+}
