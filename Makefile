@@ -4,7 +4,7 @@ BUILD   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.build=$(BUILD)
 BIN     := bin/llmq
 
-.PHONY: build demo test lint bench bench-enqueue bench-e2e bench-budget redis fuzz clean
+.PHONY: build demo test lint bench bench-enqueue bench-e2e bench-budget bench-outage redis fuzz clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/llmq
@@ -36,6 +36,17 @@ bench-enqueue: redis
 ## bench-e2e: enqueue and drain through worker processes against an instant fake upstream
 bench-e2e: build redis
 	go test -run '^$$' -bench BenchmarkEndToEnd -benchtime 1x -timeout 10m ./worker/
+
+## bench-budget: drain a batch through 1 and 4 `llmq worker` processes sharing one
+## budget against a fake upstream enforcing the same RPM/TPM; baselines: per-process
+## x/time/rate limiters with the budget split, and not split (about a minute)
+bench-budget: build redis
+	go run ./bench/budget -bin $(BIN)
+
+## bench-outage: breaker drill: 4 `llmq worker` processes, a steady stream, the fake
+## answers 503 for 10 s then recovers; shared breaker vs per-process breakers (about 45 s)
+bench-outage: build redis
+	go run ./bench/outage -bin $(BIN)
 
 ## fuzz: run each fuzzer briefly
 fuzz:

@@ -307,10 +307,10 @@ func (b *Breaker) transition(model string, from, to State) {
 
 // Status returns model's breaker state now. One Redis round trip.
 func (b *Breaker) Status(ctx context.Context, model string) (Status, error) {
-	return b.status(ctx, b.Key(model), model)
+	return b.status(ctx, b.Key(model), b.scope, model)
 }
 
-func (b *Breaker) status(ctx context.Context, key, model string) (Status, error) {
+func (b *Breaker) status(ctx context.Context, key, scope, model string) (Status, error) {
 	now := b.cfg.Now()
 	pipe := b.rdb.Pipeline()
 	h := pipe.HGetAll(ctx, key)
@@ -319,7 +319,7 @@ func (b *Breaker) status(ctx context.Context, key, model string) (Status, error)
 		return Status{}, fmt.Errorf("breaker: read state of %q: %w", model, err)
 	}
 	m := h.Val()
-	st := Status{Model: model, Scope: b.scope, Key: key, At: now, State: Closed, Trips: atoi(m["trips"])}
+	st := Status{Model: model, Scope: scope, Key: key, At: now, State: Closed, Trips: atoi(m["trips"])}
 	if at := atoi(m["opened_at"]); at > 0 {
 		st.OpenedAt = time.UnixMilli(at)
 	}
@@ -357,11 +357,13 @@ func (b *Breaker) List(ctx context.Context) ([]Status, error) {
 			continue
 		}
 		seen[key] = true
-		model := strings.TrimSuffix(key[len(prefix):], "}")
+		model, scope := strings.TrimSuffix(key[len(prefix):], "}"), b.scope
 		if b.cfg.PerProcess {
-			_, model, _ = strings.Cut(model, ":") // <id>:<model>
+			var id string
+			id, model, _ = strings.Cut(model, ":") // <id>:<model>
+			scope = b.cfg.Scope + "@" + id
 		}
-		st, err := b.status(ctx, key, model)
+		st, err := b.status(ctx, key, scope, model)
 		if err != nil {
 			return nil, err
 		}

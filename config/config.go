@@ -45,6 +45,21 @@ type Config struct {
 	// matching OpenAI, which charges max_tokens when the request arrives;
 	// turn it on for providers that count actual usage.
 	BudgetRefundUnused bool `yaml:"budget_refund_unused"`
+	// BudgetTransit is the spread of the time calls take from their
+	// reservation to the provider; each budget keeps rate × it back so
+	// calls overtaking each other never meet a 429 (ratelimit.Config.Transit).
+	BudgetTransit time.Duration `yaml:"budget_transit"`
+
+	// Fallbacks maps a model to the models tried, in order, when it cannot
+	// serve a job (model not found, permission, context length, overload,
+	// breaker open) and the job names no fallback of its own, e.g.
+	// {gpt-4o: [gpt-4o-mini]}.
+	Fallbacks map[string][]string `yaml:"fallbacks"`
+	// Cache configures the response cache, the tier after the models for
+	// jobs that set allow_cached.
+	Cache Cache `yaml:"cache"`
+	// StaticResponse configures the static text, the last tier.
+	StaticResponse StaticResponse `yaml:"static_response"`
 }
 
 // Upstream configures the OpenAI-compatible API.
@@ -81,7 +96,10 @@ type Worker struct {
 	// HoldRecheck is how long jobs wait before looking again while the
 	// fleet is on hold (bad key, quota).
 	HoldRecheck time.Duration `yaml:"hold_recheck"`
-	MetricsAddr string        `yaml:"metrics_addr"`
+	// MetricsAddr is where the worker serves /metrics and /healthz (env
+	// LLMQ_METRICS_ADDR, flag --metrics-addr): ":0" picks a free port,
+	// "off" disables.
+	MetricsAddr string `yaml:"metrics_addr"`
 }
 
 // Retry is the backoff policy.
@@ -102,11 +120,35 @@ type Budget struct {
 	BurstRequests int64 `yaml:"burst_requests,omitempty"`
 }
 
-// Breaker configures the per-model circuit breaker.
+// Breaker configures the per-model circuit breaker, shared by the fleet in
+// Redis: Failures counted failures within the rolling Window open it for
+// Open, then one probe closes or reopens it.
 type Breaker struct {
 	Failures int           `yaml:"failures"`
 	Window   time.Duration `yaml:"window"`
 	Open     time.Duration `yaml:"open"`
+	// PerProcess gives each worker process a breaker of its own instead of
+	// the fleet's shared one. Only for the outage drill's baseline
+	// (make bench-outage); never in production.
+	PerProcess bool `yaml:"per_process,omitempty"`
+}
+
+// Cache configures the response cache.
+type Cache struct {
+	// TTL is how long the response of a job that set allow_cached stays
+	// cached, to serve a later identical request when no model can.
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// StaticResponse configures the static tier: text served as a
+// chat.completion when no model tier and no cached response can serve a
+// job.
+type StaticResponse struct {
+	// Text is the assistant message; "" disables the tier.
+	Text string `yaml:"text"`
+	// AllJobs serves it to every job, not only to jobs that set
+	// allow_static.
+	AllJobs bool `yaml:"all_jobs"`
 }
 
 // Results configures the result store.
@@ -161,6 +203,10 @@ func Default() Config {
 
 		// BudgetMaxWait matches ratelimit.DefaultMaxWait.
 		BudgetMaxWait: 5 * time.Second,
+		BudgetTransit: 100 * time.Millisecond,
+
+		// Cached responses live a day (cache.DefaultTTL).
+		Cache: Cache{TTL: 24 * time.Hour},
 	}
 }
 
@@ -278,10 +324,23 @@ func (c *Config) Validate() error {
 	if c.Breaker.Failures < 1 {
 		bad("breaker.failures", "must be at least 1, got %d", c.Breaker.Failures)
 	}
+	if c.Cache.TTL <= 0 {
+		bad("cache.ttl", "must be a positive duration such as 24h, got %v", c.Cache.TTL)
+	}
+	for m, tiers := range c.Fallbacks {
+		for i, t := range tiers {
+			if t == "" || t == m {
+				bad(fmt.Sprintf("fallbacks.%s[%d]", m, i), "must name another model, got %q", t)
+			}
+		}
+	}
 	for m, b := range c.Budgets {
 		if b.RPM < 0 || b.TPM < 0 || b.Burst < 0 || b.BurstRequests < 0 {
 			bad("budgets."+m, "rpm, tpm, burst and burst_requests must be ≥ 0 (0 = unlimited / one minute's budget)")
 		}
+	}
+	if c.BudgetTransit < 0 || c.BudgetTransit > time.Minute {
+		bad("budget_transit", "must be from 0 to 1m, typically 100ms, got %v", c.BudgetTransit)
 	}
 	if c.Estimate.DefaultMaxTokens < 1 {
 		bad("estimate.default_max_tokens", "must be at least 1, got %d", c.Estimate.DefaultMaxTokens)

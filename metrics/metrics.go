@@ -33,7 +33,7 @@ const (
 // llmq_breaker_state reports for them.
 const (
 	BreakerClosed   = "closed"    // 0
-	BreakerHalfOpen = "half-open" // 1
+	BreakerHalfOpen = "half_open" // 1
 	BreakerOpen     = "open"      // 2
 )
 
@@ -97,7 +97,7 @@ func New(cfg Config) *Metrics {
 		reg: prometheus.NewRegistry(),
 		upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmq_upstream_requests_total",
-			Help: "Upstream chat-completion calls, by model, HTTP status class (2xx, 4xx, 5xx, or none when no response came), failure class and outcome.",
+			Help: "Upstream chat-completion calls, by model, HTTP status class (2xx, 4xx, 5xx, or none when no response came), the failure policy's class and its verdict for the call (fallback: next tier, else the class's fallback-less outcome).",
 		}, []string{"model", "status_class", "class", "outcome"}),
 		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "llmq_upstream_request_duration_seconds",
@@ -170,6 +170,9 @@ func New(cfg Config) *Metrics {
 	// before the first job.
 	for _, o := range []string{JobSucceeded, JobDeadLetter, JobRetry, JobSnoozed, JobError} {
 		m.jobs.WithLabelValues(o)
+	}
+	for _, c := range []string{"queues", "budget", "hold"} {
+		m.collectorErrors.WithLabelValues(c)
 	}
 	return m
 }
@@ -303,8 +306,8 @@ func (m *Metrics) holdClassesLocked(account string) map[string]bool {
 }
 
 // BreakerState reports model's circuit breaker state: BreakerClosed,
-// BreakerHalfOpen ("half_open" is accepted too) or BreakerOpen. Other
-// values are ignored.
+// BreakerHalfOpen ("half-open" is accepted too) or BreakerOpen (the
+// breaker package's State values). Other values are ignored.
 func (m *Metrics) BreakerState(model, state string) {
 	if m == nil {
 		return

@@ -36,6 +36,20 @@ func (b Budget) RequestCapacity() int64 { return capacity(b.RPM, b.BurstRequests
 // TokenCapacity returns the token bucket's capacity (0 = unlimited).
 func (b Budget) TokenCapacity() int64 { return capacity(b.TPM, b.BurstTokens) }
 
+// units returns the buckets' capacities in stored units (see unit), less
+// the transit headroom of Config.Transit: rate × transit, at most half the
+// token bucket and always leaving room for one request. 0 means unlimited.
+func (b Budget) units(transit time.Duration) (req, tok int64) {
+	ms := transit.Milliseconds()
+	if req = b.RequestCapacity() * unit; req > 0 {
+		req -= min(b.RPM*ms, req-unit)
+	}
+	if tok = b.TokenCapacity() * unit; tok > 0 {
+		tok -= min(b.TPM*ms, tok/2)
+	}
+	return req, tok
+}
+
 func capacity(limit, burst int64) int64 {
 	if limit == 0 {
 		return 0
@@ -88,6 +102,16 @@ type Config struct {
 	// and refunds nothing within the minute; set it for providers that
 	// count actual usage.
 	RefundUnused bool
+	// Transit is how much later than the quickest call a call may reach
+	// the provider after its reservation (connection set-up, scheduling,
+	// network jitter). A provider's bucket stops filling while it is full,
+	// and calls still in transit are not in it yet: calls overtaking each
+	// other in transit can then find it emptier than this budget says. Each
+	// bucket keeps rate × Transit of its capacity back (at most half the
+	// token bucket, always room for one request), which covers transit
+	// spreads up to Transit. 0 keeps nothing back; llmq's config sets
+	// 100 ms (budget_transit).
+	Transit time.Duration
 	// Now is the clock (default time.Now). Tests inject one.
 	Now func() time.Time
 }
@@ -108,6 +132,9 @@ func (c Config) validate() (Config, error) {
 		c.Now = time.Now
 	}
 	var errs []error
+	if c.Transit < 0 || c.Transit > time.Minute {
+		errs = append(errs, fmt.Errorf("ratelimit: transit is %s: set a duration from 0 to 1m, typically 100ms", c.Transit))
+	}
 	if c.MaxWait < 0 {
 		errs = append(errs, fmt.Errorf("ratelimit: max_wait is %s: set a positive duration or 0 for the default %s", c.MaxWait, DefaultMaxWait))
 	}

@@ -21,6 +21,11 @@
 // exact wait until it would. The current time is an argument of every call
 // ([Config.Now]), never read inside Redis, so tests drive time explicitly.
 //
+// A provider's bucket banks no refill while it is full, and calls still on
+// their way to it are not in it yet, so calls overtaking each other on the
+// way could find it emptier than the budget says: each bucket keeps
+// rate × [Config.Transit] of its capacity back to cover that spread.
+//
 // All of one budget lives in one hash, <prefix>:budget:{<account>:<model>},
 // hash-tagged so it is Redis Cluster safe; it expires after twice its fill
 // time when idle (an idle budget is full anyway).

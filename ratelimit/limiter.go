@@ -143,8 +143,9 @@ type Snapshot struct {
 	At time.Time
 	// Budget is the configured budget that applies to Model.
 	Budget Budget
-	// RequestCapacity and TokenCapacity are the buckets' sizes; 0 means the
-	// dimension is unlimited.
+	// RequestCapacity and TokenCapacity are the buckets' sizes, less the
+	// transit headroom (Config.Transit); 0 means the dimension is
+	// unlimited.
 	RequestCapacity, TokenCapacity int64
 	// Requests and Tokens are what is available now (0 when unlimited).
 	Requests, Tokens float64
@@ -210,20 +211,22 @@ func (l *Limiter) check(model string, cost Cost) (Budget, error) {
 	if !ok {
 		return Budget{}, fmt.Errorf("%w %q and no %q budget: add budgets.%s (or budgets.default: {} for unlimited)", ErrNoBudget, model, DefaultModel, model)
 	}
-	if c := b.TokenCapacity(); c > 0 && cost.Tokens > c {
-		return Budget{}, fmt.Errorf("%w: model %q: %d tokens asked, the token bucket holds %d (tpm %d, burst %d): lower max_tokens or raise the burst",
-			ErrTooLarge, model, cost.Tokens, c, b.TPM, b.BurstTokens)
+	rc, tc := b.units(l.cfg.Transit)
+	if tc > 0 && cost.Tokens > tc/unit {
+		return Budget{}, fmt.Errorf("%w: model %q: %d tokens asked, the token bucket holds %d (tpm %d, burst %d, transit headroom %s): lower max_tokens or raise the burst",
+			ErrTooLarge, model, cost.Tokens, tc/unit, b.TPM, b.BurstTokens, l.cfg.Transit)
 	}
-	if c := b.RequestCapacity(); c > 0 && cost.Requests > c {
-		return Budget{}, fmt.Errorf("%w: model %q: %d requests asked, the request bucket holds %d (rpm %d, burst_requests %d): ask for fewer at once or raise burst_requests",
-			ErrTooLarge, model, cost.Requests, c, b.RPM, b.BurstRequests)
+	if rc > 0 && cost.Requests > rc/unit {
+		return Budget{}, fmt.Errorf("%w: model %q: %d requests asked, the request bucket holds %d (rpm %d, burst_requests %d, transit headroom %s): ask for fewer at once or raise burst_requests",
+			ErrTooLarge, model, cost.Requests, rc/unit, b.RPM, b.BurstRequests, l.cfg.Transit)
 	}
 	return b, nil
 }
 
 // run evaluates budget.lua on model's key at now with op's extra arguments.
 func (l *Limiter) run(ctx context.Context, op, model string, b Budget, now time.Time, extra ...any) ([]int64, error) {
-	args := append([]any{op, now.UnixMilli(), b.RequestCapacity() * unit, b.RPM, b.TokenCapacity() * unit, b.TPM}, extra...)
+	rc, tc := b.units(l.cfg.Transit)
+	args := append([]any{op, now.UnixMilli(), rc, b.RPM, tc, b.TPM}, extra...)
 	out, err := l.script.Run(ctx, l.rdb, []string{l.Key(model)}, args...).Int64Slice()
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: %s on budget %s in Redis failed: %w (check that Redis is reachable)", op, l.Key(model), err)
@@ -385,6 +388,7 @@ func (l *Limiter) Usage(ctx context.Context, model string) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("%w %q and no %q budget", ErrNoBudget, model, DefaultModel)
 	}
 	now := l.cfg.Now()
+	rc, tc := b.units(l.cfg.Transit)
 	out, err := l.run(ctx, "usage", model, b, now)
 	if err != nil {
 		return Snapshot{}, err
@@ -394,7 +398,7 @@ func (l *Limiter) Usage(ctx context.Context, model string) (Snapshot, error) {
 	}
 	s := Snapshot{
 		Model: model, Account: l.cfg.Account, Key: l.Key(model), At: now, Budget: b,
-		RequestCapacity: b.RequestCapacity(), TokenCapacity: b.TokenCapacity(),
+		RequestCapacity: rc / unit, TokenCapacity: tc / unit,
 		Requests: float64(out[0]) / unit, Tokens: float64(out[1]) / unit,
 		ClaimRequests: out[3] / unit, ClaimTokens: out[4] / unit,
 	}

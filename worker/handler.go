@@ -9,6 +9,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/hold"
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/metrics"
@@ -64,10 +65,12 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return w.deadLetter(ctx, r, policy.Verdict{Outcome: policy.DeadLetter, Class: "invalid_payload", Reason: err.Error()}, nil)
 	}
-	tiers := append([]string{req.Model}, job.Fallback...)
+	primary := req.Model
+	tiers := w.tiers(primary, job)
 	var (
 		v    policy.Verdict
 		resp *upstream.Response
+		walk tierWalk // breaker skips, for lastResort
 	)
 	for i := 0; i < len(tiers); i++ {
 		model := tiers[i]
@@ -78,12 +81,28 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			}
 			req.Model = model
 		}
-		grant, err := w.acquire(ctx, r, model, req)
+		permit, err := w.admit(ctx, model)
 		if err != nil {
 			return err
 		}
+		if !permit.Allowed {
+			walk.skip(w, r, permit, tiers, i)
+			continue
+		}
+		grant, err := w.acquire(ctx, r, model, req)
+		if err != nil {
+			w.recordBreaker(ctx, permit, breaker.Abandon)
+			return err
+		}
 		resp, v = w.call(ctx, r, model, i, body)
+		w.settle(ctx, permit, v)
 		w.reconcile(ctx, grant, resp, v)
+		if permit.Probe && v.Breaker {
+			// The probe failed and reopened the breaker: the outage, not
+			// the job, is to blame, so no attempt is burned.
+			walk.skip(w, r, breaker.Permit{Model: model, State: breaker.Open, RetryAt: w.now().Add(w.breaker.Config().Open)}, tiers, i)
+			continue
+		}
 		switch v.Outcome {
 		case policy.OK:
 			return w.succeed(ctx, r, model, i, resp)
@@ -105,9 +124,13 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 				w.log.Warn().Str("job_id", job.ID).Str("model", model).Str("next_model", tiers[i+1]).Str("class", v.Class).Msg("falling back to the next model tier")
 				continue
 			}
-			v.Outcome = v.Otherwise
 		}
+		walk.decided = true
 		break
+	}
+	if v.Outcome == policy.Fallback || !walk.decided {
+		// Every model tier failed over or was skipped by its breaker.
+		return w.lastResort(ctx, r, primary, &walk, v, resp)
 	}
 	switch v.Outcome {
 	case policy.Retry:
@@ -243,6 +266,7 @@ func (w *Worker) succeed(ctx context.Context, r *run, model string, tier int, re
 		// rather than lose it.
 		return &delayError{delay: w.cfg.PollInterval, failure: true, reason: "store result: " + err.Error()}
 	}
+	w.remember(ctx, r, resp)
 	w.writeTaskResult(r, res)
 	return nil
 }

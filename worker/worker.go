@@ -12,6 +12,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/llmq/llmq/breaker"
+	"github.com/llmq/llmq/cache"
 	"github.com/llmq/llmq/hold"
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/metrics"
@@ -73,6 +75,32 @@ type Config struct {
 	// tokens, budget waits, 429s, holds, job outcomes). Optional: nil
 	// records nothing.
 	Metrics *metrics.Metrics
+	// Breaker configures the per-model circuit breaker the fleet shares in
+	// Redis (zero value: 5 failures in a rolling 60 s open it for 30 s, then
+	// one probe). Unset Prefix, Scope, Now and ProbeLease default to
+	// Prefix, Account, Now and CallTimeout + 5 s; OnTransition, when set, is
+	// called after the worker has logged the change and counted it in
+	// Metrics.
+	Breaker breaker.Config
+	// ProbeWait is how long a job refused while another process's probe is
+	// in flight waits in the handler for the probe's verdict before it is
+	// rescheduled (default 2s; negative: do not wait).
+	ProbeWait time.Duration
+	// Fallbacks maps a model to the models to try, in order, when it
+	// cannot serve a job (failure policy outcome fallback, or its breaker
+	// open). A job's own fallback list wins. Optional.
+	Fallbacks map[string][]string
+	// CacheTTL is how long the responses of jobs that set allow_cached are
+	// cached, to serve a later job with the same request when no model
+	// tier can (default 24h).
+	CacheTTL time.Duration
+	// StaticResponse is the static tier's text, served as a chat.completion
+	// when nothing else can serve a job that set allow_static. "" (the
+	// default) disables the tier.
+	StaticResponse string
+	// StaticForAll lets the static text serve every job, not only those
+	// that set allow_static (default false).
+	StaticForAll bool
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -86,6 +114,8 @@ type Worker struct {
 	est     *jobs.Estimator
 	log     zerolog.Logger
 	now     func() time.Time
+	breaker *breaker.Breaker
+	cache   *cache.Cache
 
 	mu  sync.Mutex
 	rnd *rand.Rand
@@ -136,7 +166,10 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Policy != nil {
 		p = *cfg.Policy
 	}
-	return &Worker{
+	if cfg.ProbeWait == 0 {
+		cfg.ProbeWait = 2 * time.Second
+	}
+	w := &Worker{
 		cfg:     cfg,
 		policy:  p,
 		results: results.NewStore(cfg.Redis, cfg.Prefix, cfg.ResultTTL),
@@ -145,7 +178,11 @@ func New(cfg Config) (*Worker, error) {
 		log:     cfg.Log,
 		now:     cfg.Now,
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
-	}, nil
+	}
+	if err := w.initTiers(); err != nil {
+		return nil, err
+	}
+	return w, nil
 }
 
 // Server returns an asynq server configured for llmq's failure policy:
@@ -157,10 +194,13 @@ func (w *Worker) Server() *asynq.Server {
 		Queues:                   w.cfg.Queues,
 		ShutdownTimeout:          w.cfg.ShutdownTimeout,
 		DelayedTaskCheckInterval: w.cfg.PollInterval,
-		IsFailure:                isFailure,
-		RetryDelayFunc:           w.retryDelay,
-		Logger:                   asynqLogger{w.log},
-		LogLevel:                 asynq.WarnLevel,
+		// Idle workers look for new tasks as often too (asynq's default
+		// is a random sleep of up to 1 s, which delays and bunches jobs).
+		TaskCheckInterval: w.cfg.PollInterval,
+		IsFailure:         isFailure,
+		RetryDelayFunc:    w.retryDelay,
+		Logger:            asynqLogger{w.log},
+		LogLevel:          asynq.WarnLevel,
 	})
 }
 

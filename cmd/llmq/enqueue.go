@@ -177,5 +177,5 @@ func (a *app) limiter(rdb redis.UniversalClient) (*ratelimit.Limiter, error) {
 		return nil, nil
 	}
 	return ratelimit.New(rdb, ratelimit.Config{Prefix: a.cfg.Prefix, Account: a.cfg.Upstream.Account, Budgets: budgets,
-		MaxWait: a.cfg.BudgetMaxWait, RefundUnused: a.cfg.BudgetRefundUnused})
+		MaxWait: a.cfg.BudgetMaxWait, RefundUnused: a.cfg.BudgetRefundUnused, Transit: a.cfg.BudgetTransit})
 }

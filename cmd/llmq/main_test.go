@@ -64,7 +64,9 @@ func newProcEnv(t *testing.T, fcfg fakeupstream.Config, extraYAML string) *procE
 	}
 	return &procEnv{t: t, env: env, fake: fake, vars: append(os.Environ(),
 		"LLMQ_CONFIG="+cfg, "LLMQ_REDIS_URL="+env.RedisURL(), "OPENAI_BASE_URL="+srv.URL+"/v1",
-		"OPENAI_API_KEY=sk-proc-test-key-0123456789", "LLMQ_API_KEY_FILE=", "LLMQ_RPM=", "LLMQ_TPM=")}
+		"OPENAI_API_KEY=sk-proc-test-key-0123456789", "LLMQ_API_KEY_FILE=", "LLMQ_RPM=", "LLMQ_TPM=",
+		// Workers of parallel tests must not contend for :9464.
+		"LLMQ_METRICS_ADDR=127.0.0.1:0")}
 }
 
 // run runs llmq to completion and returns stdout, stderr and the exit code.

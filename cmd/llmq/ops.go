@@ -50,7 +50,7 @@ func (a *app) resumeCmd() *cobra.Command {
 func (a *app) statusCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Show queues, holds and budgets",
+		Short: "Show queues, holds, budgets and circuit breakers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -103,7 +103,7 @@ func (a *app) statusCmd() *cobra.Command {
 				}
 				_ = tw.Flush()
 			}
-			return nil
+			return a.printBreakers(ctx, rdb)
 		},
 	}
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/llmq/llmq/breaker"
+	"github.com/llmq/llmq/metrics"
 	"github.com/llmq/llmq/policy"
 	"github.com/llmq/llmq/upstream"
 	"github.com/llmq/llmq/worker"
@@ -16,6 +18,8 @@ func (a *app) workerCmd() *cobra.Command {
 	var (
 		concurrency int
 		queues      string
+		metricsAddr string
+		probe       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -32,6 +36,13 @@ func (a *app) workerCmd() *cobra.Command {
 				}
 				a.cfg.Worker.Queues = q
 			}
+			if cmd.Flags().Changed("metrics-addr") {
+				a.cfg.Worker.MetricsAddr = metricsAddr
+			}
+			if probe {
+				// Container health check: ask a running worker's /healthz.
+				return metrics.Probe(cmd.Context(), a.cfg.Worker.MetricsAddr)
+			}
 			if err := a.cfg.Validate(); err != nil {
 				return err
 			}
@@ -40,6 +51,8 @@ func (a *app) workerCmd() *cobra.Command {
 	}
 	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "jobs run at once (default from config: worker.concurrency)")
 	cmd.Flags().StringVar(&queues, "queues", "", "queues and priorities, e.g. \"llmq:3,bulk:1\" (default from config: worker.queues)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve /metrics and /healthz here, e.g. \":9464\"; \":0\" picks a free port, \"off\" disables (default from config: worker.metrics_addr, LLMQ_METRICS_ADDR)")
+	cmd.Flags().BoolVar(&probe, "probe", false, "do not run: exit 0 if the worker on --metrics-addr answers /healthz with 200 (container health check)")
 	return cmd
 }
 
@@ -112,6 +125,11 @@ func (a *app) runWorker(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
+	m, stopMetrics, err := a.startMetrics(rdb, limiter)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	pol := policy.DefaultPolicy()
 	pol.Attempts, pol.Base, pol.Cap, pol.RetryAfterCap = a.cfg.Retry.Attempts, a.cfg.Retry.Base, a.cfg.Retry.Cap, a.cfg.Retry.RetryAfterCap
 	w, err := worker.New(worker.Config{
@@ -131,6 +149,13 @@ func (a *app) runWorker(cmd *cobra.Command) error {
 		ResultTTL:        a.cfg.Results.TTL,
 		DefaultMaxTokens: a.cfg.Estimate.DefaultMaxTokens,
 		Log:              a.log,
+		Metrics:          m,
+		Breaker: breaker.Config{Failures: a.cfg.Breaker.Failures, Window: a.cfg.Breaker.Window, Open: a.cfg.Breaker.Open,
+			PerProcess: a.cfg.Breaker.PerProcess},
+		Fallbacks:      a.cfg.Fallbacks,
+		CacheTTL:       a.cfg.Cache.TTL,
+		StaticResponse: a.cfg.StaticResponse.Text,
+		StaticForAll:   a.cfg.StaticResponse.AllJobs,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,399 @@
+package breaker_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmq/llmq/breaker"
+	"github.com/llmq/llmq/llmqtest"
+)
+
+// clock is a fake clock shared by the breakers of one test.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.UnixMilli(1_700_000_000_000)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// transitions records OnTransition calls.
+type transitions struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (tr *transitions) add(model string, from, to breaker.State) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.log = append(tr.log, fmt.Sprintf("%s:%s->%s", model, from, to))
+}
+
+func (tr *transitions) String() string {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return strings.Join(tr.log, " ")
+}
+
+// newBreaker returns a breaker on its own Redis connection (standing in for
+// a separate process).
+func newBreaker(t *testing.T, env *llmqtest.Env, clk *clock, mod func(*breaker.Config)) *breaker.Breaker {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: env.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	cfg := breaker.Config{Prefix: env.Prefix, Now: clk.Now}
+	if mod != nil {
+		mod(&cfg)
+	}
+	b, err := breaker.New(rdb, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func allow(t *testing.T, b *breaker.Breaker, model string) breaker.Permit {
+	t.Helper()
+	p, err := b.Allow(context.Background(), model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func record(t *testing.T, b *breaker.Breaker, p breaker.Permit, o breaker.Outcome) {
+	t.Helper()
+	if err := b.Record(context.Background(), p, o); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fail(t *testing.T, b *breaker.Breaker, model string) {
+	t.Helper()
+	p := allow(t, b, model)
+	if !p.Allowed {
+		t.Fatalf("a call to %s was refused (%+v) before the breaker should open", model, p)
+	}
+	record(t, b, p, breaker.Failure)
+}
+
+func status(t *testing.T, b *breaker.Breaker, model string) breaker.Status {
+	t.Helper()
+	st, err := b.Status(context.Background(), model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestTransitions(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	tr := &transitions{}
+	b := newBreaker(t, env, clk, func(c *breaker.Config) { c.OnTransition = tr.add })
+	const m = "gpt-4o"
+	for i := 0; i < 4; i++ {
+		fail(t, b, m)
+		clk.Advance(time.Second)
+	}
+	if st := status(t, b, m); st.State != breaker.Closed || st.Failures != 4 {
+		t.Fatalf("after 4 failures: %+v, want closed with 4 failures", st)
+	}
+	fail(t, b, m) // the 5th within 60 s
+	opened := clk.Now()
+	p := allow(t, b, m)
+	if p.Allowed || p.State != breaker.Open || !p.RetryAt.Equal(opened.Add(30*time.Second)) {
+		t.Fatalf("after the 5th failure: %+v, want refused, open until %v", p, opened.Add(30*time.Second))
+	}
+	clk.Advance(30*time.Second - time.Millisecond)
+	if p := allow(t, b, m); p.Allowed {
+		t.Fatalf("allowed 1 ms before the open interval ended: %+v", p)
+	}
+	clk.Advance(time.Millisecond)
+	probe := allow(t, b, m)
+	if !probe.Allowed || !probe.Probe || probe.State != breaker.HalfOpen {
+		t.Fatalf("at the end of the open interval: %+v, want the probe", probe)
+	}
+	if p := allow(t, b, m); p.Allowed || p.State != breaker.HalfOpen || !p.RetryAt.Equal(clk.Now().Add(breaker.DefaultProbeLease)) {
+		t.Fatalf("second caller while the probe is in flight: %+v, want refused until the lease ends", p)
+	}
+	record(t, b, probe, breaker.Failure) // reopen
+	if st := status(t, b, m); st.State != breaker.Open || !st.OpenUntil.Equal(clk.Now().Add(30*time.Second)) || st.Trips != 1 {
+		t.Fatalf("after the probe failed: %+v, want open for another 30 s", st)
+	}
+	clk.Advance(30 * time.Second)
+	if st := status(t, b, m); st.State != breaker.HalfOpen || !st.ProbeUntil.IsZero() {
+		t.Fatalf("open interval over, no probe yet: %+v, want half_open", st)
+	}
+	probe = allow(t, b, m)
+	record(t, b, probe, breaker.Success)
+	if p := allow(t, b, m); !p.Allowed || p.Probe || p.State != breaker.Closed {
+		t.Fatalf("after the probe succeeded: %+v, want closed", p)
+	}
+	// Closing starts a fresh window: 4 more failures do not reopen it.
+	for i := 0; i < 4; i++ {
+		fail(t, b, m)
+	}
+	if st := status(t, b, m); st.State != breaker.Closed || st.Failures != 4 {
+		t.Fatalf("4 failures after closing: %+v", st)
+	}
+	want := "gpt-4o:closed->open gpt-4o:open->half_open gpt-4o:half_open->open gpt-4o:open->half_open gpt-4o:half_open->closed"
+	if got := tr.String(); got != want {
+		t.Errorf("transitions\n got %s\nwant %s", got, want)
+	}
+}
+
+// The window rolls: a failure leaves it exactly Window after it happened,
+// and failures on both sides of a minute boundary count together.
+func TestRollingWindow(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, nil)
+	const m = "m"
+	// t = 0, 10, 20, 30: four failures.
+	for i := 0; i < 4; i++ {
+		fail(t, b, m)
+		clk.Advance(10 * time.Second)
+	}
+	// t = 60: the first failure (t = 0) has just left the window (0, 60].
+	clk.Advance(20 * time.Second)
+	fail(t, b, m)
+	if st := status(t, b, m); st.State != breaker.Closed || st.Failures != 4 {
+		t.Fatalf("at t=60 (failures at 10,20,30,60): %+v, want closed with 4", st)
+	}
+	// t = 65: five failures within the last 60 s (10..65).
+	clk.Advance(5 * time.Second)
+	fail(t, b, m)
+	if st := status(t, b, m); st.State != breaker.Open {
+		t.Fatalf("at t=65 (failures at 10,20,30,60,65): %+v, want open", st)
+	}
+
+	// Across a boundary that fixed one-minute buckets would reset at:
+	// failures at 50, 55, 59 s and 61, 65 s of a minute.
+	m2 := "m2"
+	clk2 := newClock()
+	b2 := newBreaker(t, env, clk2, nil)
+	for _, at := range []time.Duration{50, 5, 4, 2, 4} {
+		clk2.Advance(at * time.Second)
+		fail(t, b2, m2)
+	}
+	if st := status(t, b2, m2); st.State != breaker.Open {
+		t.Fatalf("5 failures within 15 s across a minute boundary: %+v, want open", st)
+	}
+}
+
+// What the worker records as Success (4xx of the job, 429, any answer) and
+// calls refused by the breaker never count; failures arriving while open do
+// not extend the open interval.
+func TestOnlyFailuresCount(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, func(c *breaker.Config) { c.Failures = 2 })
+	const m = "m"
+	for i := 0; i < 10; i++ {
+		record(t, b, allow(t, b, m), breaker.Success)
+		record(t, b, allow(t, b, m), breaker.Abandon)
+	}
+	fail(t, b, m)
+	if st := status(t, b, m); st.State != breaker.Closed || st.Failures != 1 {
+		t.Fatalf("%+v, want closed with 1 failure", st)
+	}
+	late := allow(t, b, m) // admitted before the trip, answered after
+	fail(t, b, m)
+	opened := status(t, b, m)
+	clk.Advance(10 * time.Second)
+	record(t, b, late, breaker.Failure)
+	record(t, b, breaker.Permit{Model: m}, breaker.Failure) // refused permit
+	if st := status(t, b, m); st.State != breaker.Open || !st.OpenUntil.Equal(opened.OpenUntil) || st.Trips != 1 {
+		t.Fatalf("late failure while open: %+v, want open until %v", st, opened.OpenUntil)
+	}
+}
+
+// Two breakers on separate Redis connections (two processes) share one
+// state: one trips it, the other sees it open, and of many concurrent
+// callers at the end of the open interval exactly one gets the probe.
+func TestSharedAcrossProcesses(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	tr1, tr2 := &transitions{}, &transitions{}
+	b1 := newBreaker(t, env, clk, func(c *breaker.Config) { c.OnTransition = tr1.add })
+	b2 := newBreaker(t, env, clk, func(c *breaker.Config) { c.OnTransition = tr2.add })
+	const m = "gpt-4o-mini"
+	for i := 0; i < 5; i++ {
+		fail(t, []*breaker.Breaker{b1, b2}[i%2], m)
+	}
+	for _, b := range []*breaker.Breaker{b1, b2} {
+		if p := allow(t, b, m); p.Allowed || p.State != breaker.Open {
+			t.Fatalf("after 5 failures spread over two processes: %+v, want open everywhere", p)
+		}
+	}
+	clk.Advance(breaker.DefaultOpen)
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		probes []breaker.Permit
+		by     []int
+	)
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			b := []*breaker.Breaker{b1, b2}[i%2]
+			p, err := b.Allow(context.Background(), m)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if p.Allowed {
+				mu.Lock()
+				probes = append(probes, p)
+				by = append(by, i%2)
+				mu.Unlock()
+			}
+		}(i)
+	}
+	wg.Wait()
+	if len(probes) != 1 || !probes[0].Probe {
+		t.Fatalf("%d of 40 concurrent callers were allowed (%+v), want exactly one probe", len(probes), probes)
+	}
+	owner, other := b1, b2
+	if by[0] == 1 {
+		owner, other = b2, b1
+	}
+	record(t, owner, probes[0], breaker.Success)
+	if p := allow(t, other, m); !p.Allowed || p.State != breaker.Closed {
+		t.Fatalf("the other process after the probe closed it: %+v", p)
+	}
+	// Each transition is reported once, by the process that made it.
+	all := tr1.String() + " " + tr2.String()
+	for _, want := range []string{"closed->open", "open->half_open", "half_open->closed"} {
+		if n := strings.Count(all, want); n != 1 {
+			t.Errorf("transition %s reported %d times (%q), want once", want, n, all)
+		}
+	}
+}
+
+// PerProcess (the drill's baseline) shares nothing.
+func TestPerProcessSharesNothing(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	per := func(c *breaker.Config) { c.PerProcess = true }
+	b1, b2 := newBreaker(t, env, clk, per), newBreaker(t, env, clk, per)
+	for i := 0; i < 5; i++ {
+		fail(t, b1, "m")
+	}
+	if p := allow(t, b1, "m"); p.Allowed {
+		t.Fatalf("b1 after tripping: %+v", p)
+	}
+	if p := allow(t, b2, "m"); !p.Allowed || p.State != breaker.Closed {
+		t.Fatalf("b2 with its own state: %+v, want closed", p)
+	}
+	list, err := b2.List(context.Background())
+	if err != nil || len(list) != 1 || list[0].Model != "m" || list[0].State != breaker.Open {
+		t.Fatalf("List = %+v, %v: want b1's open breaker of model m", list, err)
+	}
+}
+
+// A probe whose process dies (no Record) holds the half-open period only
+// for its lease; its late verdict is then ignored. An abandoned probe hands
+// over at once.
+func TestProbeLease(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, func(c *breaker.Config) { c.ProbeLease = 5 * time.Second; c.Failures = 1 })
+	const m = "m"
+	fail(t, b, m)
+	clk.Advance(breaker.DefaultOpen)
+	dead := allow(t, b, m)
+	clk.Advance(5*time.Second - time.Millisecond)
+	if p := allow(t, b, m); p.Allowed {
+		t.Fatalf("allowed while the probe's lease runs: %+v", p)
+	}
+	clk.Advance(time.Millisecond)
+	next := allow(t, b, m)
+	if !next.Probe {
+		t.Fatalf("after the lease ran out: %+v, want the next probe", next)
+	}
+	record(t, b, dead, breaker.Success) // stale: ignored
+	if st := status(t, b, m); st.State != breaker.HalfOpen || st.ProbeUntil.IsZero() {
+		t.Fatalf("stale probe's verdict changed the state: %+v", st)
+	}
+	record(t, b, next, breaker.Abandon)
+	again := allow(t, b, m)
+	if !again.Probe {
+		t.Fatalf("after the probe was abandoned: %+v, want a new probe at once", again)
+	}
+	record(t, b, again, breaker.Success)
+	if st := status(t, b, m); st.State != breaker.Closed {
+		t.Fatalf("%+v, want closed", st)
+	}
+}
+
+// Await returns as soon as the probe's verdict is in.
+func TestAwaitProbe(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, func(c *breaker.Config) { c.Failures = 1 })
+	const m = "m"
+	fail(t, b, m)
+	clk.Advance(breaker.DefaultOpen)
+	probe := allow(t, b, m)
+	st, err := b.Await(context.Background(), m, 30*time.Millisecond, 10*time.Millisecond)
+	if err != nil || st.State != breaker.HalfOpen {
+		t.Fatalf("Await with the probe in flight: %+v %v, want half_open at the deadline", st, err)
+	}
+	done := make(chan breaker.Status, 1)
+	go func() {
+		st, err := b.Await(context.Background(), m, time.Minute, 10*time.Millisecond)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- st
+	}()
+	record(t, b, probe, breaker.Success)
+	select {
+	case st := <-done:
+		if st.State != breaker.Closed {
+			t.Fatalf("Await returned %+v, want closed", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Await did not return after the probe closed the breaker")
+	}
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	env := llmqtest.Redis(t)
+	for _, tc := range []struct {
+		cfg  breaker.Config
+		want string
+	}{
+		{breaker.Config{Failures: -1}, "failures"},
+		{breaker.Config{Window: -time.Second}, "window"},
+		{breaker.Config{Open: time.Microsecond}, "open"},
+		{breaker.Config{Scope: "a{b}"}, "scope"},
+	} {
+		if _, err := breaker.New(env.Client, tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New(%+v) = %v, want an error naming %s", tc.cfg, err, tc.want)
+		}
+	}
+	if _, err := breaker.New(nil, breaker.Config{}); err == nil {
+		t.Error("New(nil) succeeded")
+	}
+}

@@ -1,0 +1,347 @@
+package drill
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmq/llmq/fakeupstream"
+	"github.com/llmq/llmq/llmqtest"
+	"github.com/llmq/llmq/producer"
+	"github.com/llmq/llmq/results"
+)
+
+// Size selects a drill's scale.
+type Size int
+
+// Sizes.
+const (
+	// Short is the CI form: small counts, a few seconds per drill.
+	Short Size = iota
+	// Long is the full form of `make drill` (LLMQ_DRILL=long).
+	Long
+)
+
+func (s Size) String() string {
+	if s == Long {
+		return "long"
+	}
+	return "short"
+}
+
+// pick returns short or long by size.
+func (s Size) pick(short, long int) int {
+	if s == Long {
+		return long
+	}
+	return short
+}
+
+// Options says where and at what scale a drill runs.
+type Options struct {
+	// Bin is the llmq binary the workers run. Required.
+	Bin string
+	// Dir is a scratch directory (Redis data, configs, worker logs); the
+	// drill makes a subdirectory of its own. Required.
+	Dir string
+	// Size is the scale (default Short).
+	Size Size
+	// Progress receives a line per drill step (nil: discarded).
+	Progress io.Writer
+	// Seed seeds the drill's random choices (0: random); the Report names
+	// it so a run can be repeated.
+	Seed uint64
+}
+
+// setup is what a drill's environment looks like.
+type setup struct {
+	name  string
+	fake  fakeupstream.Config
+	fsync string // Redis AOF: "" none, "always", "everysec"
+	// apiKey is the key the workers send (default a dull one).
+	apiKey string
+	// concurrency per worker process.
+	concurrency int
+	// shutdown is the workers' graceful shutdown timeout (default 5s).
+	shutdown time.Duration
+	// headerTimeout is the upstream response-header timeout (default 2s).
+	headerTimeout time.Duration
+	// retryBase and retryCap shape the backoff (default 50ms, 500ms).
+	retryBase, retryCap time.Duration
+	// rpm and tpm set a fleet budget (0: none).
+	rpm, tpm int64
+}
+
+// env is one drill's world: its own Redis, the fake upstream over real
+// HTTP (with a per-job record of what it answered), a producer, and llmq
+// worker processes started on demand.
+type env struct {
+	o      Options
+	s      setup
+	dir    string
+	redis  *redisServer
+	rdb    *redis.Client
+	insp   *asynq.Inspector
+	prod   *producer.Producer
+	store  *results.Store
+	fake   *fakeupstream.Server
+	calls  *callLog
+	http   *http.Server
+	url    string
+	prefix string
+	queue  string
+	cfg    string // path of the workers' YAML config
+
+	mu      sync.Mutex
+	workers []*workerProc
+	nextID  int
+}
+
+// newEnv builds a drill's environment; close it with env.close.
+func newEnv(ctx context.Context, o Options, s setup) (_ *env, err error) {
+	if o.Bin == "" || o.Dir == "" {
+		return nil, errors.New("drill: Options.Bin and Options.Dir are required")
+	}
+	if _, err := os.Stat(o.Bin); err != nil {
+		return nil, fmt.Errorf("drill: llmq binary: %w (run `make build`)", err)
+	}
+	if s.apiKey == "" {
+		s.apiKey = "sk-drill-plain-key-0000"
+	}
+	if s.concurrency == 0 {
+		s.concurrency = 4
+	}
+	if s.shutdown == 0 {
+		s.shutdown = 5 * time.Second
+	}
+	if s.headerTimeout == 0 {
+		s.headerTimeout = 2 * time.Second
+	}
+	if s.retryBase == 0 {
+		s.retryBase, s.retryCap = 50*time.Millisecond, 500*time.Millisecond
+	}
+	dir, err := os.MkdirTemp(o.Dir, s.name+"-")
+	if err != nil {
+		return nil, fmt.Errorf("drill: scratch dir: %w", err)
+	}
+	id := llmqtest.Suffix()
+	e := &env{o: o, s: s, dir: dir, prefix: "drill-" + id, queue: "drill-" + id}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.redis, err = startRedis(ctx, filepath.Join(dir, "redis"), s.fsync); err != nil {
+		return nil, err
+	}
+	e.rdb = redis.NewClient(&redis.Options{Addr: e.redis.addr})
+	opt := asynq.RedisClientOpt{Addr: e.redis.addr}
+	e.insp = asynq.NewInspector(opt)
+	if e.prod, err = producer.New(opt, producer.WithQueue(e.queue), producer.WithPrefix(e.prefix),
+		producer.WithRetention(time.Hour), producer.WithResultTTL(time.Hour)); err != nil {
+		return nil, err
+	}
+	e.store = e.prod.Store()
+	if e.fake, err = fakeupstream.New(s.fake); err != nil {
+		return nil, err
+	}
+	e.calls = newCallLog()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("drill: fake upstream listener: %w", err)
+	}
+	e.http = &http.Server{Handler: e.calls.wrap(e.fake.Handler()), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = e.http.Serve(ln) }()
+	e.url = "http://" + ln.Addr().String() + "/v1"
+	e.cfg = filepath.Join(dir, "llmq.yaml")
+	if err := os.WriteFile(e.cfg, []byte(e.configYAML()), 0o600); err != nil {
+		return nil, fmt.Errorf("drill: write config: %w", err)
+	}
+	return e, nil
+}
+
+// configYAML is the workers' configuration: the drill's queue and prefix,
+// short delays so faults resolve within a drill.
+func (e *env) configYAML() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "prefix: %s\nqueue: %s\n", e.prefix, e.queue)
+	fmt.Fprintf(&b, "worker:\n  concurrency: %d\n  queues: {%s: 1}\n  poll_interval: 100ms\n  shutdown_timeout: %s\n  hold_recheck: 500ms\n",
+		e.s.concurrency, e.queue, e.s.shutdown)
+	fmt.Fprintf(&b, "upstream:\n  connect_timeout: 1s\n  response_header_timeout: %s\n  call_timeout: 30s\n", e.s.headerTimeout)
+	fmt.Fprintf(&b, "retry:\n  attempts: 5\n  base: %s\n  cap: %s\n  retry_after_cap: 5s\n", e.s.retryBase, e.s.retryCap)
+	if e.s.rpm > 0 || e.s.tpm > 0 {
+		fmt.Fprintf(&b, "budgets:\n  default: {rpm: %d, tpm: %d}\n", e.s.rpm, e.s.tpm)
+	}
+	fmt.Fprintf(&b, "results:\n  ttl: 1h\n  retention: 1h\nlog:\n  level: info\n  environment: drill\n")
+	return b.String()
+}
+
+// vars is the environment of every llmq process of the drill; nothing
+// llmq reads is inherited from the drill's own environment.
+func (e *env) vars(extra ...string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "LLMQ_") || strings.HasPrefix(k, "OPENAI_") || k == "LOG_LEVEL" {
+			continue
+		}
+		out = append(out, kv)
+	}
+	out = append(out, "LLMQ_CONFIG="+e.cfg, "LLMQ_REDIS_URL=redis://"+e.redis.addr+"/0",
+		"OPENAI_BASE_URL="+e.url, "OPENAI_API_KEY="+e.s.apiKey)
+	return append(out, extra...)
+}
+
+// logf writes a progress line.
+func (e *env) logf(format string, args ...any) {
+	if e.o.Progress != nil {
+		fmt.Fprintf(e.o.Progress, "[%s] %s\n", e.s.name, fmt.Sprintf(format, args...))
+	}
+}
+
+// close stops every process the drill started and frees its resources.
+// The scratch directory stays for post-mortems unless the drill passed and
+// the caller removes it.
+func (e *env) close() {
+	e.mu.Lock()
+	ws := e.workers
+	e.mu.Unlock()
+	for _, w := range ws {
+		w.kill()
+	}
+	if e.fake != nil {
+		e.fake.Close()
+	}
+	if e.http != nil {
+		_ = e.http.Close()
+	}
+	if e.prod != nil {
+		_ = e.prod.Close()
+	}
+	if e.insp != nil {
+		_ = e.insp.Close()
+	}
+	if e.rdb != nil {
+		_ = e.rdb.Close()
+	}
+	if e.redis != nil {
+		e.redis.close()
+	}
+}
+
+// cli runs `llmq args...` to completion with the drill's environment.
+func (e *env) cli(ctx context.Context, stdin io.Reader, args ...string) (stdout, stderr string, err error) {
+	cmd := exec.CommandContext(ctx, e.o.Bin, args...)
+	cmd.Env = e.vars()
+	cmd.Stdin = stdin
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("llmq %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), errb.String(), err
+}
+
+// callLog records, per job, what the fake upstream answered: the drill's
+// prompts carry a marker "drill-job:<custom_id>".
+type callLog struct {
+	mu    sync.Mutex
+	calls map[string]int // requests per job
+	oks   map[string]int // 200 answers per job
+}
+
+func newCallLog() *callLog {
+	return &callLog{calls: map[string]int{}, oks: map[string]int{}}
+}
+
+var markerRE = regexp.MustCompile(`drill-job:([A-Za-z0-9_-]+)`)
+
+// wrap returns h recording every chat-completions request.
+func (l *callLog) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/chat/completions") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		job := ""
+		if m := markerRE.FindSubmatch(body[:min(len(body), 4096)]); m != nil {
+			job = string(m[1])
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		h.ServeHTTP(sw, r)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.calls[job]++
+		if sw.status == http.StatusOK {
+			l.oks[job]++
+		}
+	})
+}
+
+// duplicates returns how many jobs were answered 200 more than once (paid
+// twice), and the total extra 200s.
+func (l *callLog) duplicates() (jobs, extra int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range l.oks {
+		if n > 1 {
+			jobs++
+			extra += n - 1
+		}
+	}
+	return jobs, extra
+}
+
+// requests returns the number of chat-completions requests recorded.
+func (l *callLog) requests() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, c := range l.calls {
+		n += c
+	}
+	return n
+}
+
+// statusWriter remembers the status written; Unwrap keeps Hijack and Flush
+// reachable through http.ResponseController.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
