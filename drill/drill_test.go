@@ -94,3 +94,4 @@ func TestRollingRestart(t *testing.T)       { run(t, drill.RollingRestart) }
 func TestPoison(t *testing.T)               { run(t, drill.Poison) }
 func TestChaos(t *testing.T)                { run(t, drill.Chaos) }
 func TestLoad(t *testing.T)                 { run(t, drill.Load) }
+func TestSecrets(t *testing.T)              { run(t, drill.Secrets) }

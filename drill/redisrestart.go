@@ -120,10 +120,10 @@ func redisRestart(ctx context.Context, o Options, fsync string) (*Report, error)
 	for _, w := range fleet {
 		rep.check(w.alive(), "worker %d exited while Redis was away: %s", w.n, tail(w.logPath, 3))
 	}
-	lines, sample := outageLines(fleet, offsets, outageLogs)
+	lines, raw, sample := outageLines(fleet, offsets, outageLogs)
 	secs := up.Sub(down).Seconds()
-	rep.note("worker log while Redis was away (%.1f s): %d lines from %d workers (%.1f lines/s per worker); e.g. %s",
-		secs, lines, len(fleet), float64(lines)/secs/float64(len(fleet)), sample)
+	rep.note("worker log while Redis was away (%.1f s): %d lines from %d workers (%.1f lines/s per worker), %d of them not JSON; most frequent: %s",
+		secs, lines, len(fleet), float64(lines)/secs/float64(len(fleet)), raw, sample)
 	rep.check(float64(lines)/secs/float64(len(fleet)) < 50, "workers flood the log while Redis is away: %d lines in %.1f s", lines, secs)
 	calls := e.calls.requests()
 	rep.note("upstream calls %d for %d jobs: %d jobs paid twice (result not stored while Redis was away)", calls, n, t.dupJobs)
@@ -148,10 +148,10 @@ func logSizes(ws []*workerProc) []int64 {
 	return out
 }
 
-// outageLines counts the log lines written between two offsets and returns
-// the most frequent message as a sample.
-func outageLines(ws []*workerProc, from, to []int64) (int, string) {
-	lines := 0
+// outageLines counts the log lines written between two offsets, how many
+// are not JSON (written around llmq's logger), and returns the most
+// frequent message as a sample.
+func outageLines(ws []*workerProc, from, to []int64) (lines, raw int, sample string) {
 	msgs := map[string]int{}
 	for i, w := range ws {
 		b, err := os.ReadFile(w.logPath)
@@ -163,16 +163,24 @@ func outageLines(ws []*workerProc, from, to []int64) (int, string) {
 				continue
 			}
 			lines++
-			msgs[clip(jsonField(l, "message"), 110)]++
+			msg := jsonField(l, "message")
+			if !strings.HasPrefix(l, "{") {
+				raw++
+				if j := strings.Index(l, ".go:"); j >= 0 { // drop go-redis's timestamp prefix
+					l = l[j:]
+				}
+				msg = "(not JSON) " + l
+			}
+			msgs[clip(msg, 110)]++
 		}
 	}
 	best, bestN := "(none)", 0
 	for m, c := range msgs {
-		if c > bestN {
+		if c > bestN || c == bestN && m < best {
 			best, bestN = m, c
 		}
 	}
-	return lines, fmt.Sprintf("%q ×%d", best, bestN)
+	return lines, raw, fmt.Sprintf("%q ×%d", best, bestN)
 }
 
 // jsonField returns a string field of a JSON log line, or the line.

@@ -1,6 +1,7 @@
 package drill
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -81,4 +82,27 @@ func WriteTable(w io.Writer, reports []*Report) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// Drill is one drill: it runs with the options and reports what it
+// measured; an error means it could not run at all.
+type Drill struct {
+	// Name is a short name for selecting the drill (e.g. "kill9").
+	Name string
+	// Run runs it.
+	Run func(context.Context, Options) (*Report, error)
+}
+
+// All returns every drill, in the order of `make drill`.
+func All() []Drill {
+	return []Drill{
+		{"kill9", Kill9},
+		{"redis-always", RedisRestartAlways},
+		{"redis-everysec", RedisRestartEverysec},
+		{"sigterm", RollingRestart},
+		{"poison", Poison},
+		{"chaos", Chaos},
+		{"load", Load},
+		{"secrets", Secrets},
+	}
 }
