@@ -56,7 +56,7 @@ func (j *Job) Encode() ([]byte, error) {
 func Decode(payload []byte) (*Job, error) {
 	var j Job
 	if err := json.Unmarshal(payload, &j); err != nil {
-		return nil, fmt.Errorf("decode job payload: %w", err)
+		return nil, &ValidationError{Problems: []Problem{{Path: fieldOf(err, "(payload)"), Message: "cannot decode the job payload: " + jsonReason(err)}}}
 	}
 	if err := j.Validate(); err != nil {
 		return nil, err

@@ -104,6 +104,14 @@ func (c *checker) body(body json.RawMessage) {
 		c.add("body", "must be a JSON object: %s", jsonReason(err))
 		return
 	}
+	before := len(c.problems)
+	defer func() {
+		// The worker reads the body through Request, whose keys match case-insensitively.
+		var r Request
+		if err := json.Unmarshal(body, &r); err != nil && len(c.problems) == before {
+			c.add(fieldOf(err, "body"), "cannot be read as a chat-completions request: %s (keys that differ only in letter case, such as \"model\" and \"MODEL\", collide)", jsonReason(err))
+		}
+	}()
 	if !c.str("model", m["model"], true) {
 		// reported
 	} else if model := unquote(m["model"]); strings.TrimSpace(model) == "" {
@@ -319,6 +327,15 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// fieldOf returns the JSON field a decode error names, or def.
+func fieldOf(err error, def string) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return te.Field
+	}
+	return def
 }
 
 func jsonReason(err error) string {
