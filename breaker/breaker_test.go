@@ -14,25 +14,10 @@ import (
 	"github.com/llmq/llmq/llmqtest"
 )
 
-// clock is a fake clock shared by the breakers of one test.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// clock is the manual clock the tests drive.
+type clock = llmqtest.Clock
 
-func newClock() *clock { return &clock{t: time.UnixMilli(1_700_000_000_000)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clock { return llmqtest.NewClock(time.UnixMilli(1_700_000_000_000)) }
 
 // transitions records OnTransition calls.
 type transitions struct {

@@ -7,30 +7,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/llmq/llmq/llmqtest"
 )
 
-// clock is a manual clock for Config.Now.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// clock is the manual clock the tests drive.
+type clock = llmqtest.Clock
 
-func newClock() *clock { return &clock{t: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clock { return llmqtest.NewClock(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)) }
 
 // start runs a Server for cfg behind a real HTTP server.
 func start(t *testing.T, cfg Config) (*Server, *httptest.Server) {

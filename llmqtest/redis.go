@@ -37,10 +37,7 @@ func (e *Env) RedisURL() string { return "redis://" + e.Addr + "/0" }
 // fails the test at once when Redis does not answer.
 func Redis(t testing.TB) *Env {
 	t.Helper()
-	addr := os.Getenv("LLMQ_TEST_REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
+	addr := Addr()
 	c := redis.NewClient(&redis.Options{Addr: addr})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -85,6 +82,15 @@ func (e *Env) Flush(ctx context.Context) {
 		}
 	}
 	e.Client.SRem(ctx, "asynq:queues", e.Queue)
+}
+
+// Addr returns the address of the Redis tests use: LLMQ_TEST_REDIS_ADDR, or
+// 127.0.0.1:6379.
+func Addr() string {
+	if a := os.Getenv("LLMQ_TEST_REDIS_ADDR"); a != "" {
+		return a
+	}
+	return "127.0.0.1:6379"
 }
 
 // Suffix returns a short random hex string for unique names.

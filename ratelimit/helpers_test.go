@@ -2,66 +2,30 @@ package ratelimit
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/llmq/llmq/llmqtest"
+
 	"github.com/redis/go-redis/v9"
 )
-
-func redisAddr() string {
-	if a := os.Getenv("LLMQ_TEST_REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
 
 // testRedis returns a client and a key prefix no other test uses; the
 // prefix's keys are deleted when t ends.
 func testRedis(t testing.TB) (*redis.Client, string) {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: redisAddr()})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatalf("Redis at %s does not answer (%v): start redis-server", redisAddr(), err)
-	}
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	prefix := "llmqtest:ratelimit:" + hex.EncodeToString(b[:])
-	t.Cleanup(func() {
-		ctx := context.Background()
-		iter := c.Scan(ctx, 0, prefix+":*", 100).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-		_ = c.Close()
-	})
-	return c, prefix
+	env := llmqtest.Redis(t)
+	return env.Client, env.Prefix
 }
 
-// clock is a settable clock for Config.Now.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// redisAddr is the Redis the tests use, for clients standing in for other
+// processes.
+func redisAddr() string { return llmqtest.Addr() }
 
-func newClock() *clock { return &clock{t: time.UnixMilli(1_800_000_000_000)} }
+// clock is the manual clock the tests drive.
+type clock = llmqtest.Clock
 
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clock { return llmqtest.NewClock(time.UnixMilli(1_800_000_000_000)) }
 
 const model = "gpt-test"
 
