@@ -193,8 +193,14 @@ func (w *Worker) acquire(ctx context.Context, r *run, model string, req *jobs.Re
 
 // call makes one upstream call and classifies its answer, logging one event.
 func (w *Worker) call(ctx context.Context, r *run, model string, tier int, body []byte) (*upstream.Response, policy.Verdict) {
+	// One call is bounded by CallTimeout and by the job's own deadline.
 	cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
 	defer cancel()
+	if !r.job.Deadline.IsZero() {
+		var cancelDeadline context.CancelFunc
+		cctx, cancelDeadline = context.WithDeadline(cctx, r.job.Deadline)
+		defer cancelDeadline()
+	}
 	start := w.now()
 	resp, err := w.cfg.Upstream.Chat(cctx, body)
 	latency := w.now().Sub(start)

@@ -264,3 +264,21 @@ func TestDeadlineStopsRetries(t *testing.T) {
 		t.Errorf("archived reason %q, want it to name the deadline", info.LastErr)
 	}
 }
+
+// A job's deadline bounds its upstream call: a hanging upstream cannot hold
+// the job past it (the response-header timeout here is far longer than the
+// test's wait).
+func TestJobDeadlineBoundsTheCall(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fakeupstream.Config{Faults: "hangx10"})
+	h.startWorker(workerOpts{headerWait: time.Minute})
+	h.enqueue("dlc", producer.Deadline(time.Now().Add(500*time.Millisecond)))
+	info := h.waitState("dlc", asynq.TaskStateArchived)
+	if !strings.Contains(info.LastErr, "deadline") {
+		t.Errorf("archived reason %q, want it to name the deadline", info.LastErr)
+	}
+	r := h.result("dlc")
+	if r.Status != jobs.StatusFailed || r.Error == nil {
+		t.Errorf("stored %+v", r)
+	}
+}
