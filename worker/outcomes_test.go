@@ -266,12 +266,12 @@ func TestDeadlineStopsRetries(t *testing.T) {
 }
 
 // A job's deadline bounds its upstream call: a hanging upstream cannot hold
-// the job past it (the response-header timeout here is far longer than the
-// test's wait).
+// the job past it (the response-header and call timeouts here are far
+// longer than the test's wait).
 func TestJobDeadlineBoundsTheCall(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, fakeupstream.Config{Faults: "hangx10"})
-	h.startWorker(workerOpts{headerWait: time.Minute})
+	h.startWorker(workerOpts{headerWait: time.Minute, mod: func(c *worker.Config) { c.CallTimeout = time.Minute }})
 	h.enqueue("dlc", producer.Deadline(time.Now().Add(500*time.Millisecond)))
 	info := h.waitState("dlc", asynq.TaskStateArchived)
 	if !strings.Contains(info.LastErr, "deadline") {
