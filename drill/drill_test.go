@@ -32,6 +32,7 @@ func TestMain(m *testing.M) {
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build llmq:", err)
+		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -43,6 +44,9 @@ func TestMain(m *testing.M) {
 // LLMQ_DRILL=long.
 func options(t *testing.T) drill.Options {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("drills start processes and Redis servers: not under -short")
+	}
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("the drills start their own Redis: redis-server is not installed (%v)", err)
 	}

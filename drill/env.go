@@ -183,6 +183,9 @@ func (e *env) configYAML() string {
 		e.s.concurrency, e.queue, e.s.shutdown)
 	fmt.Fprintf(&b, "upstream:\n  connect_timeout: 1s\n  response_header_timeout: %s\n  call_timeout: 30s\n", e.s.headerTimeout)
 	fmt.Fprintf(&b, "retry:\n  attempts: 5\n  base: %s\n  cap: %s\n  retry_after_cap: 5s\n", e.s.retryBase, e.s.retryCap)
+	// The breaker keeps its production threshold (5 failures in 60 s) but
+	// opens for 2 s instead of 30 s: time scaled like the retry delays.
+	fmt.Fprintf(&b, "breaker:\n  failures: 5\n  window: 60s\n  open: 2s\n")
 	if e.s.rpm > 0 || e.s.tpm > 0 {
 		fmt.Fprintf(&b, "budgets:\n  default: {rpm: %d, tpm: %d}\n", e.s.rpm, e.s.tpm)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -98,6 +99,7 @@ func Kill9(ctx context.Context, o Options) (*Report, error) {
 // orphans. asynq cannot requeue them before 55 s after a kill.
 func (e *env) orphans(ctx context.Context, lastKill time.Time) ([]string, error) {
 	var ids []string
+	prev, prevAt := "", time.Time{}        // the active list as last seen, and since when
 	limit := float64(lastKill.Unix() + 30) // a lease granted or extended after the kill ends later
 	err := waitUntil(ctx, 50*time.Second, func() (bool, error) {
 		if time.Since(lastKill) < 1500*time.Millisecond {
@@ -121,8 +123,17 @@ func (e *env) orphans(ctx context.Context, lastKill time.Time) ([]string, error)
 		}
 		for _, id := range active {
 			if s, ok := score[id]; !ok || s > limit {
+				prevAt = time.Time{}
 				return false, nil
 			}
+		}
+		// The same list a second apart: no live task among them finished.
+		if now := strings.Join(active, ","); prevAt.IsZero() || now != prev {
+			prev, prevAt = now, time.Now()
+			return false, nil
+		}
+		if time.Since(prevAt) < time.Second {
+			return false, nil
 		}
 		ids = active
 		return true, nil

@@ -24,7 +24,9 @@ import (
 func Poison(ctx context.Context, o Options) (*Report, error) {
 	rep := &Report{Drill: "4 poison and bad input", Size: o.Size}
 	good := o.Size.pick(200, 2000)
-	e, err := newEnv(ctx, o, setup{name: "poison", fake: fakeupstream.Config{}, concurrency: 8})
+	// A 30 s header timeout: the 6 MB job's prompt takes the fake a while
+	// to count (seconds under -race).
+	e, err := newEnv(ctx, o, setup{name: "poison", fake: fakeupstream.Config{}, concurrency: 8, headerTimeout: 30 * time.Second})
 	if err != nil {
 		return rep, err
 	}
@@ -62,7 +64,7 @@ func Poison(ctx context.Context, o Options) (*Report, error) {
 			typ = p.taskType
 		}
 		if _, err := client.EnqueueContext(ctx, asynq.NewTask(typ, p.payload), asynq.TaskID(p.id), asynq.Queue(e.queue),
-			asynq.MaxRetry(3), asynq.Retention(time.Hour)); err != nil {
+			asynq.MaxRetry(5), asynq.Retention(time.Hour)); err != nil { // as many as the workers' attempts
 			return rep, fmt.Errorf("place poison %s: %w", p.id, err)
 		}
 	}
@@ -89,7 +91,7 @@ func Poison(ctx context.Context, o Options) (*Report, error) {
 		case p.taskType != "":
 			// Not llmq's task type: the handler never sees it.
 			rep.check(info.State == asynq.TaskStateArchived, "poison %s (task type %q): state %s, want archived", p.id, p.taskType, info.State)
-			rep.note("poison %s (foreign task type): %s after %d retries, last error %q — asynq retries it like a failure (default MaxRetry 25) instead of dead-lettering at once",
+			rep.note("poison %s (foreign task type): %s after %d retries, last error %q — asynq retries it like a failure (up to MaxRetry; 25 by default) instead of dead-lettering at once",
 				p.id, info.State, info.Retried, clip(info.LastErr, 60))
 			continue
 		case p.valid:

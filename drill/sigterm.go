@@ -14,7 +14,7 @@ import (
 // gets SIGTERM and is replaced once it has exited (a rolling deploy). A few
 // calls are slow (4 s against a 2 s shutdown timeout), so some in-flight
 // jobs finish and some are handed back to the queue. Each worker must exit
-// cleanly within the shutdown timeout (plus a second of margin), nothing
+// cleanly within the shutdown timeout (plus 3 s of margin), nothing
 // may be lost, and no job may be paid for twice beyond those in flight at a
 // SIGTERM. A task a stopping worker failed to hand back would sit active
 // until asynq's recoverer (55 s or more): the drain deadline of 45 s after
@@ -49,7 +49,7 @@ func RollingRestart(ctx context.Context, o Options) (*Report, error) {
 		}
 		w := fleet[i]
 		fly := int(e.fake.Stats().InFlight)
-		took, err := w.term(shutdown + time.Second)
+		took, err := w.term(shutdown + 3*time.Second)
 		if err != nil {
 			rep.fail("%v", err)
 		}

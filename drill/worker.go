@@ -82,6 +82,13 @@ func (e *env) startWorker(ctx context.Context) (*workerProc, error) {
 	return w, nil
 }
 
+// procs returns every worker process the drill started.
+func (e *env) procs() []*workerProc {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]*workerProc(nil), e.workers...)
+}
+
 // alive reports whether the process is still running.
 func (w *workerProc) alive() bool {
 	select {

@@ -196,12 +196,14 @@ func (p *Producer) prepareBatch(bo batchOptions, r io.Reader) ([]prepared, error
 			job.CustomID = fmt.Sprintf("line-%d", line)
 		}
 		if first, ok := seen[job.CustomID]; ok {
-			fail(&jobs.LineError{Line: line, Err: fmt.Errorf("custom_id: %q repeats line %d; custom ids must be unique in a batch", job.CustomID, first)})
+			fail(&jobs.LineError{Line: line, Err: &jobs.ValidationError{Problems: []jobs.Problem{{Path: "custom_id",
+				Message: fmt.Sprintf("%q repeats line %d; custom ids must be unique in a batch", job.CustomID, first)}}}})
 			continue
 		}
 		seen[job.CustomID] = line
 		if job.BatchID != "" && job.BatchID != bo.batchID {
-			fail(&jobs.LineError{Line: line, Err: fmt.Errorf("batch_id: %q differs from the batch being enqueued (%q)", job.BatchID, bo.batchID)})
+			fail(&jobs.LineError{Line: line, Err: &jobs.ValidationError{Problems: []jobs.Problem{{Path: "batch_id",
+				Message: fmt.Sprintf("%q differs from the batch being enqueued (%q)", job.BatchID, bo.batchID)}}}})
 			continue
 		}
 		job.BatchID = bo.batchID

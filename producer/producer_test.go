@@ -97,7 +97,7 @@ func TestBatchRefusedWholeWhenALineIsInvalid(t *testing.T) {
 		t.Fatalf("err = %v, want *BatchError", err)
 	}
 	msg := err.Error()
-	for _, want := range []string{"line 7: invalid job: messages[0].content: is required", "line 20: custom_id: \"c1\" repeats line 1", "line 33: invalid job: (line)"} {
+	for _, want := range []string{"line 7: invalid job: messages[0].content: is required", "line 20: invalid job: custom_id: \"c1\" repeats line 1", "line 33: invalid job: (line)"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q:\n%s", want, msg)
 		}
