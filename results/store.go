@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -25,21 +26,33 @@ var ErrNotFound = errors.New("result not found")
 //go:embed save.lua
 var saveLua string
 
+//go:embed count.lua
+var countLua string
+
+//go:embed register.lua
+var registerLua string
+
 // Store reads and writes result records. It is safe for concurrent use.
 type Store struct {
-	rdb    redis.UniversalClient
-	prefix string
-	ttl    time.Duration
-	save   *redis.Script
+	rdb      redis.UniversalClient
+	prefix   string
+	ttl      time.Duration
+	save     *redis.Script
+	count    *redis.Script
+	register *redis.Script
 }
 
 // NewStore returns a Store whose keys start with prefix and expire after ttl.
 func NewStore(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Store {
-	return &Store{rdb: rdb, prefix: prefix, ttl: ttl, save: redis.NewScript(saveLua)}
+	return &Store{rdb: rdb, prefix: prefix, ttl: ttl, save: redis.NewScript(saveLua), count: redis.NewScript(countLua),
+		register: redis.NewScript(registerLua)}
 }
 
 func (s *Store) resultKey(jobID string) string  { return s.prefix + ":result:" + jobID }
 func (s *Store) batchKey(batchID string) string { return s.prefix + ":batch:{" + batchID + "}" }
+func (s *Store) batchStatusKey(batchID string) string {
+	return s.prefix + ":batch:{" + batchID + "}:status"
+}
 func (s *Store) batchJobsKey(batchID string) string {
 	return s.prefix + ":batch:{" + batchID + "}:jobs"
 }
@@ -69,41 +82,43 @@ func (s *Store) Save(ctx context.Context, r *jobs.Result) (Transition, error) {
 	if err != nil {
 		return "", fmt.Errorf("save result %q: %w", r.JobID, err)
 	}
-	t, prev := parseTransition(res)
-	if r.BatchID != "" && t != Kept {
-		// Batch counters live under the batch's own hash tag, so they are
-		// updated in a second command (Redis Cluster safe). A crash between
-		// the two leaves the result stored and a counter one short; export
-		// reads results, not counters.
-		pipe := s.rdb.Pipeline()
-		key := s.batchKey(r.BatchID)
-		switch {
-		case t == Created:
-			pipe.HIncrBy(ctx, key, r.Status, 1)
-		case prev != r.Status:
-			if prev != "" {
-				pipe.HIncrBy(ctx, key, prev, -1)
-			}
-			pipe.HIncrBy(ctx, key, r.Status, 1)
+	t := parseTransition(res)
+	if r.BatchID != "" {
+		status := r.Status
+		if t == Kept {
+			status = jobs.StatusSucceeded
 		}
-		pipe.Expire(ctx, key, s.ttl)
-		if _, err := pipe.Exec(ctx); err != nil {
-			return t, fmt.Errorf("save result %q: update batch %q counters: %w", r.JobID, r.BatchID, err)
+		if err := s.Count(ctx, r.BatchID, r.JobID, status); err != nil {
+			return t, fmt.Errorf("save result %q: %w", r.JobID, err)
 		}
 	}
 	return t, nil
 }
 
-func parseTransition(s string) (Transition, string) {
+// Count records a job's final status in its batch counters. It is
+// idempotent, so it is safe to repeat: a command re-sent after a lost reply,
+// or a redelivered job whose result was stored before a crash, counts once.
+// The counters live under the batch's hash tag, apart from the result key,
+// so Save runs it as a second script (Redis Cluster safe); a crash between
+// the two is repaired when the job is seen again.
+func (s *Store) Count(ctx context.Context, batchID, jobID, status string) error {
+	err := s.count.Run(ctx, s.rdb, []string{s.batchKey(batchID), s.batchStatusKey(batchID)}, jobID, status, s.ttl.Milliseconds()).Err()
+	if err != nil {
+		return fmt.Errorf("count job %q in batch %q: %w", jobID, batchID, err)
+	}
+	return nil
+}
+
+func parseTransition(s string) Transition {
 	switch {
 	case s == "created":
-		return Created, ""
+		return Created
 	case s == "kept":
-		return Kept, ""
-	case len(s) > len("replaced:"):
-		return Replaced, s[len("replaced:"):]
+		return Kept
+	case strings.HasPrefix(s, "replaced"):
+		return Replaced
 	}
-	return Transition(s), ""
+	return Transition(s)
 }
 
 // Get returns the stored result of a job, or ErrNotFound.
@@ -136,23 +151,16 @@ func (s *Store) AddToBatch(ctx context.Context, batchID string, entries []BatchE
 	if len(entries) == 0 {
 		return 0, nil
 	}
-	zs := make([]redis.Z, len(entries))
-	for i, e := range entries {
-		zs[i] = redis.Z{Score: float64(e.Line), Member: e.JobID}
+	args := make([]any, 0, 2+2*len(entries))
+	args = append(args, s.ttl.Milliseconds(), time.Now().UTC().Format(time.RFC3339))
+	for _, e := range entries {
+		args = append(args, e.Line, e.JobID)
 	}
-	added, err := s.rdb.ZAddNX(ctx, s.batchJobsKey(batchID), zs...).Result()
+	added, err := s.register.Run(ctx, s.rdb, []string{s.batchKey(batchID), s.batchJobsKey(batchID)}, args...).Int()
 	if err != nil {
 		return 0, fmt.Errorf("register %d jobs in batch %q: %w", len(entries), batchID, err)
 	}
-	pipe := s.rdb.Pipeline()
-	pipe.HIncrBy(ctx, s.batchKey(batchID), "total", added)
-	pipe.HSetNX(ctx, s.batchKey(batchID), "created_at", time.Now().UTC().Format(time.RFC3339))
-	pipe.Expire(ctx, s.batchKey(batchID), s.ttl)
-	pipe.Expire(ctx, s.batchJobsKey(batchID), s.ttl)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return int(added), fmt.Errorf("update batch %q total: %w", batchID, err)
-	}
-	return int(added), nil
+	return added, nil
 }
 
 // BatchStatus is a batch's progress.

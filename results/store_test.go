@@ -101,3 +101,47 @@ func TestExportInInputOrderAcrossPages(t *testing.T) {
 		t.Errorf("exported %d (missing %d), want %d (%d)", seen, missing, n, n/2)
 	}
 }
+
+// A command re-sent after a lost reply, or a job stored before a crash and
+// seen again, must not move the counters twice.
+func TestCountersAreIdempotent(t *testing.T) {
+	env := llmqtest.Redis(t)
+	ctx := context.Background()
+	s := results.NewStore(env.Client, env.Prefix, time.Hour)
+	entries := []results.BatchEntry{{JobID: "b:1", Line: 1}, {JobID: "b:2", Line: 2}}
+	for range 3 {
+		if _, err := s.AddToBatch(ctx, "b", entries); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		if err := s.Count(ctx, "b", "b:1", jobs.StatusFailed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		if err := s.Count(ctx, "b", "b:1", jobs.StatusSucceeded); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A late failure never replaces a success.
+	if err := s.Count(ctx, "b", "b:1", jobs.StatusFailed); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Batch(ctx, "b")
+	if err != nil || st.Total != 2 || st.Succeeded != 1 || st.Failed != 0 {
+		t.Fatalf("batch %+v %v, want total 2, 1 succeeded, 0 failed", st, err)
+	}
+	// A result stored before a crash (counters not yet moved) is counted
+	// when Save sees the job again, even though the result is kept.
+	if _, err := env.Client.Set(ctx, env.Prefix+":result:b:2", `{"job_id":"b:2","batch_id":"b","status":"succeeded"}`, time.Hour).Result(); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := s.Save(ctx, &jobs.Result{JobID: "b:2", BatchID: "b", Status: jobs.StatusSucceeded})
+	if err != nil || tr != results.Kept {
+		t.Fatalf("Save = %v %v, want kept", tr, err)
+	}
+	if st, _ := s.Batch(ctx, "b"); st.Succeeded != 2 || !st.Done() {
+		t.Fatalf("batch %+v, want the stored success counted", st)
+	}
+}

@@ -13,9 +13,11 @@ type delayError struct {
 	delay   time.Duration
 	failure bool
 	reason  string
+	cause   error // the upstream error behind a retry, if any
 }
 
 func (e *delayError) Error() string { return e.reason }
+func (e *delayError) Unwrap() error { return e.cause }
 
 // deadLetter archives the task at once; its message is the reason asynqmon
 // shows, e.g. "dead_letter: upstream 400 invalid_request_error (param

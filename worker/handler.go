@@ -37,6 +37,11 @@ type run struct {
 func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	id, _ := asynq.GetTaskID(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
+	if t.Type() != jobs.TaskType {
+		reason := fmt.Sprintf("unknown task type %q in an llmq queue: llmq workers run %q tasks only", t.Type(), jobs.TaskType)
+		w.log.Error().Str("job_id", id).Str("outcome", string(policy.DeadLetter)).Msg(reason)
+		return &deadLetter{reason: reason}
+	}
 	job, err := jobs.Decode(t.Payload())
 	if err != nil {
 		reason := fmt.Sprintf("undecodable payload (%d bytes): %v", len(t.Payload()), err)
@@ -52,6 +57,12 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	// have its result. Do not pay for it twice.
 	if prev, err := w.results.Get(ctx, job.ID); err == nil && prev.Status == jobs.StatusSucceeded {
 		w.log.Info().Str("job_id", job.ID).Msg("job already has a result: redelivery skipped")
+		if job.BatchID != "" {
+			// The crash may have come between storing and counting.
+			if err := w.results.Count(ctx, job.BatchID, job.ID, jobs.StatusSucceeded); err != nil {
+				return &delayError{delay: w.cfg.PollInterval, failure: true, reason: err.Error()}
+			}
+		}
 		return nil
 	}
 	if !job.Deadline.IsZero() && !w.now().Before(job.Deadline) {
@@ -331,7 +342,7 @@ func (w *Worker) retry(ctx context.Context, r *run, v policy.Verdict, resp *upst
 		v.Reason = fmt.Sprintf("deadline %s would pass before the next attempt: %s", r.job.Deadline.UTC().Format(time.RFC3339), v.Reason)
 		return w.deadLetter(ctx, r, v, resp)
 	}
-	return &delayError{delay: delay, failure: true, reason: "retry: " + v.Reason}
+	return &delayError{delay: delay, failure: true, reason: "retry: " + v.Reason, cause: r.lastErr}
 }
 
 func (w *Worker) deadLetter(ctx context.Context, r *run, v policy.Verdict, resp *upstream.Response) error {

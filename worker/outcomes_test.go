@@ -14,6 +14,7 @@ import (
 	"github.com/llmq/llmq/hold"
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/producer"
+	"github.com/llmq/llmq/results"
 	"github.com/llmq/llmq/upstream"
 	"github.com/llmq/llmq/worker"
 )
@@ -280,5 +281,43 @@ func TestJobDeadlineBoundsTheCall(t *testing.T) {
 	r := h.result("dlc")
 	if r.Status != jobs.StatusFailed || r.Error == nil {
 		t.Errorf("stored %+v", r)
+	}
+}
+
+// Tasks the worker cannot run are dead-lettered at once, and a job asynq
+// archives on its own (its retry count spent) still gets a failed result.
+func TestForeignAndExhaustedTasksGetDeadLettered(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fakeupstream.Config{Faults: "500x10"})
+	h.startWorker(workerOpts{})
+	c := asynq.NewClient(h.env.Opt)
+	defer c.Close()
+	if _, err := c.Enqueue(asynq.NewTask("email:send", []byte(`{}`)), asynq.Queue(h.env.Queue), asynq.TaskID("foreign"), asynq.MaxRetry(25)); err != nil {
+		t.Fatal(err)
+	}
+	info := h.waitState("foreign", asynq.TaskStateArchived)
+	if info.Retried != 0 || !strings.Contains(info.LastErr, `unknown task type "email:send"`) {
+		t.Errorf("foreign task archived after %d retries with %q", info.Retried, info.LastErr)
+	}
+	// A job enqueued without the producer's spare retry: asynq archives it
+	// after the first failure, before the worker's attempt accounting would.
+	job := &jobs.Job{ID: "raw", BatchID: "rawb", Body: body("x")}
+	payload, err := job.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.store.AddToBatch(context.Background(), "rawb", []results.BatchEntry{{JobID: "raw", Line: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Enqueue(asynq.NewTask(jobs.TaskType, payload), asynq.Queue(h.env.Queue), asynq.TaskID("raw"), asynq.MaxRetry(0)); err != nil {
+		t.Fatal(err)
+	}
+	h.waitState("raw", asynq.TaskStateArchived)
+	r := h.result("raw")
+	if r.Status != jobs.StatusFailed || r.Error == nil || !strings.Contains(r.Error.Message, "asynq retries exhausted") || r.Error.Status != 500 {
+		t.Errorf("stored %+v %+v, want the failure with its last upstream error", r, r.Error)
+	}
+	if st, err := h.prod.Batch(context.Background(), "rawb"); err != nil || !st.Done() || st.Failed != 1 {
+		t.Errorf("batch %+v %v, want it finished with 1 failed", st, err)
 	}
 }

@@ -199,6 +199,7 @@ func (w *Worker) Server() *asynq.Server {
 		TaskCheckInterval: w.cfg.PollInterval,
 		IsFailure:         isFailure,
 		RetryDelayFunc:    w.retryDelay,
+		ErrorHandler:      asynq.ErrorHandlerFunc(w.onFailure),
 		Logger:            asynqLogger{w.log},
 		LogLevel:          asynq.WarnLevel,
 	})
@@ -208,9 +209,9 @@ func (w *Worker) Server() *asynq.Server {
 // get ShutdownTimeout to finish, the rest return to the queue.
 func (w *Worker) Run(ctx context.Context) error {
 	srv := w.Server()
-	mux := asynq.NewServeMux()
-	mux.Handle(jobs.TaskType, w.instrumented())
-	if err := srv.Start(mux); err != nil {
+	// Every task of the worker's queues reaches the handler, which
+	// dead-letters foreign task types at once instead of retrying them.
+	if err := srv.Start(w.instrumented()); err != nil {
 		return fmt.Errorf("worker: start asynq server: %w", err)
 	}
 	w.log.Info().Int("concurrency", w.cfg.Concurrency).Interface("queues", w.cfg.Queues).Msg("worker started")
@@ -219,6 +220,34 @@ func (w *Worker) Run(ctx context.Context) error {
 	srv.Shutdown()
 	w.log.Info().Msg("worker stopped")
 	return nil
+}
+
+// onFailure is asynq's ErrorHandler: it runs for every handler error before
+// asynq acts on it. When asynq is about to archive the task on its own (its
+// retry count is spent, which the worker's own accounting avoids but a
+// crash during a last attempt can cause) and the handler did not
+// dead-letter it, the failure is stored so the job has its result and its
+// batch can finish.
+func (w *Worker) onFailure(ctx context.Context, t *asynq.Task, err error) {
+	var dl *deadLetter
+	if errors.As(err, &dl) || errors.Is(err, asynq.RevokeTask) {
+		return
+	}
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, ok := asynq.GetMaxRetry(ctx)
+	if !ok || retried < maxRetry {
+		return
+	}
+	job, derr := jobs.Decode(t.Payload())
+	if derr != nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	r := &run{job: job, task: t, retried: retried, attempt: retried + 1, started: w.now(), lastErr: err}
+	w.saveFailure(sctx, r, policy.Verdict{Outcome: policy.DeadLetter, Class: "exhausted",
+		Reason: fmt.Sprintf("asynq retries exhausted (%d of %d): %v", retried, maxRetry, err)}, nil)
+	w.log.Error().Str("event", "dead_letter").Str("job_id", job.ID).Str("batch_id", job.BatchID).Msg("asynq archives the job: " + err.Error())
 }
 
 // isFailure is asynq's IsFailure: snoozes (rate limited, hold, budget wait)

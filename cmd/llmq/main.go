@@ -80,6 +80,9 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 			}
 			a.cfg = cfg
 			a.log = newLogger(stderr, cfg.Log)
+			// go-redis logs reconnects on its own; route them through
+			// the process logger so every line stays JSON.
+			redis.SetLogger(redisLogger{a.log})
 			return nil
 		},
 	}
@@ -102,6 +105,14 @@ func newLogger(w io.Writer, c config.Log) zerolog.Logger {
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().
 		Str("version", version).Str("build", build).Str("env", c.Environment).Logger()
+}
+
+// redisLogger adapts zerolog to go-redis's logger.
+type redisLogger struct{ l zerolog.Logger }
+
+// Printf logs one go-redis message as a warning.
+func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
+	r.l.Warn().Str("component", "redis").Msg(fmt.Sprintf(format, v...))
 }
 
 // redisOpt parses the configured Redis URL.
