@@ -278,14 +278,35 @@ func (w *Worker) succeed(ctx context.Context, r *run, model string, tier int, re
 	res.RequestID = resp.RequestID
 	res.Response = json.RawMessage(resp.Body)
 	res.Usage = &usage
-	if _, err := w.results.Save(ctx, res); err != nil {
-		// The call succeeded but its result is not stored: run it again
-		// rather than lose it.
-		return &delayError{delay: w.cfg.PollInterval, failure: true, reason: "store result: " + err.Error()}
+	if err := w.saveSuccess(ctx, res); err != nil {
+		return err
 	}
 	w.remember(ctx, r, resp)
 	w.writeTaskResult(r, res)
 	return nil
+}
+
+// saveSuccess stores a paid-for response. Redis may be away for a moment
+// (a restart, a failover): rather than lose the response and pay for the
+// call again, it keeps trying for up to SaveGrace, even through a shutdown.
+// Only then does the job go back to the queue to be run again.
+func (w *Worker) saveSuccess(ctx context.Context, res *jobs.Result) error {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SaveGrace)
+	defer cancel()
+	delay := 50 * time.Millisecond
+	for {
+		_, err := w.results.Save(sctx, res)
+		if err == nil {
+			return nil
+		}
+		w.log.Warn().Err(err).Str("job_id", res.JobID).Msg("could not store a result yet; retrying while Redis recovers")
+		select {
+		case <-sctx.Done():
+			return &delayError{delay: w.cfg.PollInterval, failure: true, reason: "store result: " + err.Error()}
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }
 
 func (w *Worker) rateLimited(ctx context.Context, r *run, model string, v policy.Verdict) error {

@@ -225,8 +225,8 @@ func (w *Worker) serveStored(ctx context.Context, r *run, served, model string, 
 	res.RequestID = requestID
 	res.Response = body
 	res.Usage = &jobs.Usage{}
-	if _, err := w.results.Save(ctx, res); err != nil {
-		return &delayError{delay: w.cfg.PollInterval, failure: true, reason: "store result: " + err.Error()}
+	if err := w.saveSuccess(ctx, res); err != nil {
+		return err
 	}
 	w.log.Warn().Str("event", "served").Str("job_id", r.job.ID).Str("batch_id", r.job.BatchID).Str("served_by", served).
 		Msg("no model tier could serve the job: served by " + served)

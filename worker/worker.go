@@ -64,6 +64,10 @@ type Config struct {
 	HoldRecheck time.Duration
 	// CallTimeout bounds one upstream call (default 10m).
 	CallTimeout time.Duration
+	// SaveGrace is how long the worker keeps trying to store a paid-for
+	// response while Redis is unreachable before it gives the job back to
+	// the queue (default 30s).
+	SaveGrace time.Duration
 	// ResultTTL is how long result records live (default 7 days).
 	ResultTTL time.Duration
 	// DefaultMaxTokens is the completion estimate for jobs without
@@ -152,6 +156,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 10 * time.Minute
+	}
+	if cfg.SaveGrace <= 0 {
+		cfg.SaveGrace = 30 * time.Second
 	}
 	if cfg.ResultTTL <= 0 {
 		cfg.ResultTTL = 7 * 24 * time.Hour
