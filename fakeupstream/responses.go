@@ -154,7 +154,7 @@ func (s *Server) faultReply(f Fault, req *jobs.Request, prompt int) reply {
 		}
 		return s.injectedRateLimit(model, wait)
 	case FaultContext:
-		return invalidRequest(fmt.Sprintf("This model's maximum context length is 128000 tokens. However, your messages resulted in %d tokens. Please reduce the length of the messages.", max(prompt, 128001)), "messages", "context_length_exceeded")
+		return contextTooLong(DefaultContextWindow, max(prompt, DefaultContextWindow+1))
 	case FaultNotFound:
 		return s.statusReply(http.StatusNotFound, model)
 	case FaultPolicy:
@@ -305,4 +305,13 @@ func echo(req *jobs.Request) string {
 		text = string([]rune(text)[:40])
 	}
 	return "echo: " + text
+}
+
+// DefaultContextWindow is the context length of the fake's models, that of
+// gpt-4o.
+const DefaultContextWindow = 128000
+
+// contextTooLong is OpenAI's 400 for a prompt over the context window.
+func contextTooLong(window, prompt int) reply {
+	return invalidRequest(fmt.Sprintf("This model's maximum context length is %d tokens. However, your messages resulted in %d tokens. Please reduce the length of the messages.", window, prompt), "messages", "context_length_exceeded")
 }

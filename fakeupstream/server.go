@@ -41,6 +41,10 @@ type Config struct {
 	// DefaultCompletion is the completion tokens charged per choice when a
 	// request sets no limit (0: 256).
 	DefaultCompletion int
+	// ContextWindow is the model's context length in tokens: a prompt
+	// longer than it is answered 400 context_length_exceeded, as OpenAI
+	// does. 0 means DefaultContextWindow.
+	ContextWindow int
 	// Latency is added before answering each request; a client that goes
 	// away meanwhile gets nothing.
 	Latency time.Duration
@@ -87,6 +91,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.DefaultCompletion == 0 {
 		cfg.DefaultCompletion = DefaultCompletion
+	}
+	if cfg.ContextWindow < 0 {
+		return nil, fmt.Errorf("context_window: must be 0 (default %d) or more, got %d", DefaultContextWindow, cfg.ContextWindow)
+	}
+	if cfg.ContextWindow == 0 {
+		cfg.ContextWindow = DefaultContextWindow
 	}
 	if cfg.Latency < 0 {
 		return nil, fmt.Errorf("latency: must be 0 or more, got %s", cfg.Latency)
@@ -279,6 +289,10 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 		return
 	}
 
+	if cost.PromptTokens > s.cfg.ContextWindow {
+		answer(contextTooLong(s.cfg.ContextWindow, cost.PromptTokens), s.lim.peek(arrived), extra)
+		return
+	}
 	v := s.lim.take(arrived, int64(cost.Total()))
 	if !v.ok {
 		s.stats.update(func(st *Stats) { st.Throttled++ })

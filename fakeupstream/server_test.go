@@ -403,3 +403,18 @@ func TestFormatReset(t *testing.T) {
 		}
 	}
 }
+
+func TestPromptOverContextWindow(t *testing.T) {
+	s, ts := start(t, Config{ContextWindow: 50})
+	c := post(t, nil, ts.URL+"/v1/chat/completions", body("gpt-4o", strings.Repeat("word ", 80), nil))
+	if c.resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(c.body), `"code":"context_length_exceeded"`) ||
+		!strings.Contains(string(c.body), "maximum context length is 50 tokens") {
+		t.Fatalf("status %d body %s, want 400 context_length_exceeded", c.resp.StatusCode, c.body)
+	}
+	if c := post(t, nil, ts.URL+"/v1/chat/completions", body("gpt-4o", "short", nil)); c.resp.StatusCode != http.StatusOK {
+		t.Fatalf("a short prompt got %d", c.resp.StatusCode)
+	}
+	if st := s.Stats(); st.Throttled != 0 {
+		t.Errorf("a refused prompt was charged to the budget: %+v", st)
+	}
+}
