@@ -36,7 +36,8 @@ func DefaultPolicy() Policy {
 	return Policy{Base: DefaultBase, Cap: DefaultCap, RetryAfterCap: DefaultRetryAfterCap, Attempts: DefaultAttempts}
 }
 
-func (p Policy) withDefaults() Policy {
+// WithDefaults returns p with every zero field set to its default.
+func (p Policy) WithDefaults() Policy {
 	if p.Base <= 0 {
 		p.Base = DefaultBase
 	}
@@ -55,7 +56,7 @@ func (p Policy) withDefaults() Policy {
 // Ceiling returns the largest backoff for attempt: min(Cap, Base*2^attempt),
 // computed without overflow for any attempt (negative counts as 0).
 func (p Policy) Ceiling(attempt int) time.Duration {
-	p = p.withDefaults()
+	p = p.WithDefaults()
 	attempt = max(attempt, 0)
 	// Base*2^a > Cap  <=>  Base > floor(Cap / 2^a), for integers.
 	if attempt >= 63 || p.Base > p.Cap>>attempt {
@@ -84,7 +85,7 @@ func (p Policy) Backoff(attempt int, rnd *rand.Rand) time.Duration {
 // on attempt: the server's Retry-After (v.RetryAfter, capped by
 // RetryAfterCap) when it gave one, else Backoff(attempt, rnd).
 func (p Policy) RetryDelay(attempt int, v Verdict, rnd *rand.Rand) time.Duration {
-	p = p.withDefaults()
+	p = p.WithDefaults()
 	if v.RetryAfter > 0 {
 		return min(v.RetryAfter, p.RetryAfterCap)
 	}

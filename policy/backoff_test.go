@@ -50,7 +50,7 @@ func TestBackoffOverflow(t *testing.T) {
 	if d.Ceiling(1000) != d.Cap || d.Ceiling(-5) != d.Base || d.Ceiling(6) != d.Cap || d.Ceiling(5) != 32*time.Second {
 		t.Fatalf("ceilings: %v %v %v %v", d.Ceiling(1000), d.Ceiling(-5), d.Ceiling(6), d.Ceiling(5))
 	}
-	if (Policy{}).Ceiling(2) != 4*time.Second || (Policy{}.withDefaults()) != DefaultPolicy() {
+	if (Policy{}).Ceiling(2) != 4*time.Second || (Policy{}.WithDefaults()) != DefaultPolicy() {
 		t.Fatalf("zero Policy must behave like DefaultPolicy")
 	}
 }

@@ -120,7 +120,7 @@ type Verdict struct {
 // worker, which counts attempts; an undecodable payload is dead-lettered
 // by the worker before any call.
 func (p Policy) Classify(resp *upstream.Response, err error) Verdict {
-	p = p.withDefaults()
+	p = p.WithDefaults()
 	var v Verdict
 	switch {
 	case err != nil:

@@ -155,7 +155,8 @@ send:
 	rep.Enqueued, rep.Duplicates = int(enq.Load()), int(dup.Load())
 	select {
 	case err := <-errc:
-		return rep, fmt.Errorf("batch %q: %d of %d jobs submitted before: %w", bo.batchID, rep.Enqueued+rep.Duplicates, len(list), err)
+		return rep, fmt.Errorf("batch %q: %d of %d jobs submitted before: %w; submit the same input again with batch id %q (llmq enqueue FILE --batch %s): jobs already enqueued are skipped, a new batch id would run them twice",
+			bo.batchID, rep.Enqueued+rep.Duplicates, len(list), err, bo.batchID, bo.batchID)
 	default:
 	}
 	if err := ctx.Err(); err != nil {

@@ -19,6 +19,10 @@ import (
 	"github.com/llmq/llmq/results"
 )
 
+// RetryMargin is how many retries beyond a job's attempts asynq may count
+// before it archives a task on its own; see prepare.
+const RetryMargin = 10
+
 // ErrDuplicate is returned (with the job id) when a job with the same id was
 // enqueued before: the call was a no-op.
 var ErrDuplicate = errors.New("job already enqueued")
@@ -63,7 +67,9 @@ func WithRetention(d time.Duration) Option { return func(o *options) { o.retenti
 // should match the workers' result TTL.
 func WithResultTTL(d time.Duration) Option { return func(o *options) { o.resultTTL = d } }
 
-// WithTaskTimeout bounds one run of a job's handler (default 15m).
+// WithTaskTimeout bounds one run of a job's handler (default 35m: three
+// model tiers of the worker's default 10 m call timeout, plus budget waits).
+// Keep it above the workers' call_timeout × tiers.
 func WithTaskTimeout(d time.Duration) Option { return func(o *options) { o.taskTimeout = d } }
 
 // WithParallelism sets how many enqueues a batch keeps in flight (default 32).
@@ -72,7 +78,7 @@ func WithParallelism(n int) Option { return func(o *options) { o.parallelism = n
 // New connects a Producer to the Redis that asynq uses.
 func New(redisOpt asynq.RedisConnOpt, opts ...Option) (*Producer, error) {
 	o := options{queue: "llmq", prefix: "llmq", attempts: 5, retention: 24 * time.Hour,
-		resultTTL: 7 * 24 * time.Hour, taskTimeout: 15 * time.Minute, parallelism: 32}
+		resultTTL: 7 * 24 * time.Hour, taskTimeout: 35 * time.Minute, parallelism: 32}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -159,19 +165,21 @@ func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (*asynq.Task, [
 	if err := job.Validate(); err != nil {
 		return nil, nil, err
 	}
-	attempts := p.o.attempts
-	if job.MaxAttempts > 0 {
-		attempts = job.MaxAttempts
+	if job.MaxAttempts == 0 {
+		// The job carries its attempts, so the worker counts against the
+		// same number the producer chose.
+		job.MaxAttempts = p.o.attempts
 	}
 	payload, err := job.Encode()
 	if err != nil {
 		return nil, nil, err
 	}
-	// MaxRetry is one more than the retries the job may use: asynq checks
-	// exhaustion before it asks whether an error is a failure, so the worker
-	// enforces attempts itself and keeps one spare retry for the
-	// no-attempt-burned outcomes (rate limited, hold, budget wait).
-	taskOpts := []asynq.Option{asynq.TaskID(job.ID), asynq.Queue(eo.queue), asynq.MaxRetry(attempts),
+	// The worker enforces the job's attempts itself. asynq checks "retries
+	// exhausted" before it asks whether an error is a failure, and it also
+	// counts crashes (lease expiry), task timeouts and panics as retries, so
+	// MaxRetry keeps a margin above the job's attempts: a snooze (rate
+	// limited, hold, budget wait, open breaker) never archives a job.
+	taskOpts := []asynq.Option{asynq.TaskID(job.ID), asynq.Queue(eo.queue), asynq.MaxRetry(job.MaxAttempts + RetryMargin),
 		asynq.Retention(p.o.retention), asynq.Timeout(p.o.taskTimeout)}
 	if !eo.processAt.IsZero() {
 		taskOpts = append(taskOpts, asynq.ProcessAt(eo.processAt))

@@ -60,7 +60,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		if job.BatchID != "" {
 			// The crash may have come between storing and counting.
 			if err := w.results.Count(ctx, job.BatchID, job.ID, jobs.StatusSucceeded); err != nil {
-				return &delayError{delay: w.cfg.PollInterval, failure: true, reason: err.Error()}
+				return &delayError{delay: w.cfg.PollInterval, reason: err.Error()}
 			}
 		}
 		return nil
@@ -106,9 +106,9 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			return err
 		}
 		resp, v = w.call(ctx, r, model, i, body)
-		w.settle(ctx, permit, v)
+		w.settle(ctx, r, permit, v)
 		w.reconcile(ctx, grant, resp, v)
-		if permit.Probe && v.Breaker {
+		if permit.Probe && v.Breaker && w.freeProbe(ctx, r) {
 			// The probe failed and reopened the breaker: the outage, not
 			// the job, is to blame, so no attempt is burned.
 			walk.skip(w, r, breaker.Permit{Model: model, State: breaker.Open, RetryAt: w.now().Add(w.breaker.Config().Open)}, tiers, i)
@@ -149,6 +149,21 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	default:
 		return w.deadLetter(ctx, r, v, resp)
 	}
+}
+
+// freeProbe reports whether this job's failed probe may go without burning
+// an attempt. Each job gets as many free failed probes as it has attempts;
+// after that its probes count like any other failed call, so a job that
+// always fails cannot keep a model's breaker probing (and paying) forever.
+func (w *Worker) freeProbe(ctx context.Context, r *run) bool {
+	key := w.cfg.Prefix + ":probes:" + r.job.ID
+	pipe := w.cfg.Redis.TxPipeline()
+	n := pipe.Incr(ctx, key)
+	pipe.Expire(ctx, key, 24*time.Hour)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return false
+	}
+	return int(n.Val()) <= r.max
 }
 
 // holdGate returns a snooze while the account is on hold, and lifts the hold
@@ -196,6 +211,10 @@ func (w *Worker) acquire(ctx context.Context, r *run, model string, req *jobs.Re
 		return nil, &delayError{delay: max(we.Until.Sub(w.now()), 0), reason: "budget: waiting for " + model + " budget: " + err.Error()}
 	case errors.Is(err, ratelimit.ErrTooLarge):
 		return nil, w.deadLetter(ctx, r, policy.Verdict{Outcome: policy.DeadLetter, Class: "too_large", Reason: err.Error()}, nil)
+	case errors.Is(err, ratelimit.ErrNoBudget):
+		// A configuration fault, not the job's: keep the job and say so.
+		w.log.Error().Str("event", "no_budget").Str("model", model).Err(err).Msg("no budget configured for this model: its jobs wait; add budgets." + model + " or budgets.default and restart the workers")
+		return nil, &delayError{delay: w.cfg.HoldRecheck, reason: "budget: " + err.Error()}
 	default:
 		// Context ended (shutdown): asynq puts the job back.
 		return nil, fmt.Errorf("budget for %s: %w", model, err)
@@ -286,23 +305,32 @@ func (w *Worker) succeed(ctx context.Context, r *run, model string, tier int, re
 	return nil
 }
 
-// saveSuccess stores a paid-for response. Redis may be away for a moment
-// (a restart, a failover): rather than lose the response and pay for the
-// call again, it keeps trying for up to SaveGrace, even through a shutdown.
-// Only then does the job go back to the queue to be run again.
+// saveSuccess stores a paid-for response; if Redis stays away for all of
+// SaveGrace the job goes back to the queue (a snooze: the call did not fail,
+// so no attempt is burned).
 func (w *Worker) saveSuccess(ctx context.Context, res *jobs.Result) error {
+	if _, err := w.store(ctx, res); err != nil {
+		return &delayError{delay: w.cfg.PollInterval, reason: "store result: " + err.Error()}
+	}
+	return nil
+}
+
+// store saves a result. Redis may be away for a moment (a restart, a
+// failover): rather than lose a paid-for response or a job's final failure,
+// it keeps trying for up to SaveGrace, even through a shutdown.
+func (w *Worker) store(ctx context.Context, res *jobs.Result) (results.Transition, error) {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SaveGrace)
 	defer cancel()
 	delay := 50 * time.Millisecond
 	for {
-		_, err := w.results.Save(sctx, res)
+		t, err := w.results.Save(sctx, res)
 		if err == nil {
-			return nil
+			return t, nil
 		}
 		w.log.Warn().Err(err).Str("job_id", res.JobID).Msg("could not store a result yet; retrying while Redis recovers")
 		select {
 		case <-sctx.Done():
-			return &delayError{delay: w.cfg.PollInterval, failure: true, reason: "store result: " + err.Error()}
+			return t, err
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 2*time.Second)
@@ -313,7 +341,9 @@ func (w *Worker) rateLimited(ctx context.Context, r *run, model string, v policy
 	w.cfg.Metrics.RateLimited(model)
 	delay := v.RetryAfter
 	if delay <= 0 {
-		delay = w.backoff(0)
+		// No hint from the server: wait a few backoff steps (the snooze
+		// burns no attempt, so the delay cannot grow with attempts).
+		delay = max(w.policy.Base, w.backoff(2))
 	}
 	if w.cfg.Limiter != nil {
 		if err := w.cfg.Limiter.Cooldown(ctx, model, w.now().Add(delay)); err != nil {
@@ -367,14 +397,18 @@ func (w *Worker) retry(ctx context.Context, r *run, v policy.Verdict, resp *upst
 }
 
 func (w *Worker) deadLetter(ctx context.Context, r *run, v policy.Verdict, resp *upstream.Response) error {
-	w.saveFailure(ctx, r, v, resp)
+	if err := w.saveFailure(ctx, r, v, resp); err != nil {
+		// Archived without its result the job would never finish its
+		// batch: keep it until Redis takes the result.
+		return &delayError{delay: w.cfg.PollInterval, reason: "store failed result: " + err.Error()}
+	}
 	w.log.Error().Str("event", "dead_letter").Str("job_id", r.job.ID).Str("batch_id", r.job.BatchID).
 		Int("attempt", r.attempt).Str("class", v.Class).Msg(v.Reason)
 	return &deadLetter{reason: v.Reason}
 }
 
-func (w *Worker) saveFailure(ctx context.Context, r *run, v policy.Verdict, resp *upstream.Response) {
-	w.cfg.Metrics.DeadLetter(v.Class)
+// saveFailure stores a job's final failure with its last upstream error.
+func (w *Worker) saveFailure(ctx context.Context, r *run, v policy.Verdict, resp *upstream.Response) error {
 	res := w.record(r, jobs.StatusFailed)
 	res.Error = &jobs.ErrorInfo{Outcome: string(policy.DeadLetter), Message: v.Reason, Type: v.Class}
 	var ue *upstream.Error
@@ -388,11 +422,16 @@ func (w *Worker) saveFailure(ctx context.Context, r *run, v policy.Verdict, resp
 	if resp != nil {
 		res.StatusCode, res.RequestID = resp.StatusCode, resp.RequestID
 	}
-	if t, err := w.results.Save(ctx, res); err != nil {
+	t, err := w.store(ctx, res)
+	if err != nil {
 		w.log.Error().Err(err).Str("job_id", r.job.ID).Msg("could not store the failed result")
-	} else if t != results.Kept {
+		return err
+	}
+	w.cfg.Metrics.DeadLetter(v.Class)
+	if t != results.Kept {
 		w.writeTaskResult(r, res)
 	}
+	return nil
 }
 
 func (w *Worker) record(r *run, status string) *jobs.Result {

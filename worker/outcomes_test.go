@@ -70,7 +70,7 @@ func TestRateLimitedBurnsNoAttempt(t *testing.T) {
 	h := newHarness(t, fakeupstream.Config{Faults: "ratelimit:1200ms,ratelimit:1200ms,ratelimit:1200ms,200"})
 	rec := h.startWorker(workerOpts{})
 	// One attempt only: asynq checks Retried >= MaxRetry before IsFailure,
-	// so this passes only because the producer keeps a spare retry and the
+	// so this passes only because the producer keeps a retry margin and the
 	// 429s do not increment Retried.
 	h.enqueue("rl", producer.MaxAttempts(1))
 	r := h.result("rl")
@@ -299,7 +299,7 @@ func TestForeignAndExhaustedTasksGetDeadLettered(t *testing.T) {
 	if info.Retried != 0 || !strings.Contains(info.LastErr, `unknown task type "email:send"`) {
 		t.Errorf("foreign task archived after %d retries with %q", info.Retried, info.LastErr)
 	}
-	// A job enqueued without the producer's spare retry: asynq archives it
+	// A job enqueued without the producer's retry margin: asynq archives it
 	// after the first failure, before the worker's attempt accounting would.
 	job := &jobs.Job{ID: "raw", BatchID: "rawb", Body: body("x")}
 	payload, err := job.Encode()

@@ -160,14 +160,17 @@ func (wk *tierWalk) skip(w *Worker, r *run, p breaker.Permit, tiers []string, i 
 
 // settle tells the breaker how an allowed call went: a failure the policy
 // counts (Verdict.Breaker), an answer (anything else), or nothing to say
-// (the call was canceled by shutdown).
-func (w *Worker) settle(ctx context.Context, p breaker.Permit, v policy.Verdict) {
+// (the call was canceled by shutdown, or cut short by the job's own
+// deadline: a tight deadline is not the upstream's fault).
+func (w *Worker) settle(ctx context.Context, r *run, p breaker.Permit, v policy.Verdict) {
 	o := breaker.Success
 	switch {
-	case v.Breaker:
-		o = breaker.Failure
 	case v.Class == policy.ClassCanceled:
 		o = breaker.Abandon
+	case v.Breaker && !r.job.Deadline.IsZero() && !w.now().Before(r.job.Deadline):
+		o = breaker.Abandon
+	case v.Breaker:
+		o = breaker.Failure
 	}
 	w.recordBreaker(ctx, p, o)
 }

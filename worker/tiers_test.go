@@ -237,3 +237,27 @@ func TestOneProbeFleetWide(t *testing.T) {
 		t.Errorf("%d successful calls, want %d (one per job)", got, want)
 	}
 }
+
+// A job that always fails cannot keep a model's breaker probing forever:
+// its free failed probes are bounded by its attempts, then its probes burn
+// attempts and it is dead-lettered.
+func TestFailedProbesAreBounded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fakeupstream.Config{})
+	if err := h.fake.SetModelFaults(modelA, "500x100000"); err != nil {
+		t.Fatal(err)
+	}
+	h.startWorker(workerOpts{mod: func(c *worker.Config) {
+		c.Breaker = breaker.Config{Failures: 1, Open: 300 * time.Millisecond}
+	}})
+	h.enqueue("lone", producer.MaxAttempts(2))
+	info := h.waitState("lone", asynq.TaskStateArchived)
+	if !strings.Contains(info.LastErr, "attempts exhausted (2 of 2)") {
+		t.Errorf("archived reason %q", info.LastErr)
+	}
+	// 1 call trips the breaker (attempt 1), 2 free failed probes, 1 probe
+	// that burns attempt 2.
+	if got := h.fake.Stats().Requests; got != 4 {
+		t.Errorf("upstream saw %d calls, want 4", got)
+	}
+}

@@ -171,7 +171,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	p := policy.DefaultPolicy()
 	if cfg.Policy != nil {
-		p = *cfg.Policy
+		p = cfg.Policy.WithDefaults()
 	}
 	if cfg.ProbeWait == 0 {
 		cfg.ProbeWait = 2 * time.Second

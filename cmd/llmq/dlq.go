@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -94,12 +95,22 @@ func (a *app) dlqCmd() *cobra.Command {
 		Short: "Run dead-lettered jobs again with fresh attempts",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.eachArchived(q(), args, all, func(insp *asynq.Inspector, client *asynq.Client, t *asynq.TaskInfo) error {
+				// asynq has no atomic "archived -> fresh task": delete, then
+				// enqueue the same payload under the same id, retrying the
+				// enqueue so a blip of Redis does not drop the job.
 				if err := insp.DeleteTask(t.Queue, t.ID); err != nil {
 					return err
 				}
-				_, err := client.EnqueueContext(cmd.Context(), asynq.NewTask(t.Type, t.Payload), asynq.TaskID(t.ID),
-					asynq.Queue(t.Queue), asynq.MaxRetry(t.MaxRetry), asynq.Timeout(t.Timeout), asynq.Retention(a.cfg.Results.Retention))
-				return err
+				var err error
+				for try := 0; try < 5; try++ {
+					_, err = client.EnqueueContext(cmd.Context(), asynq.NewTask(t.Type, t.Payload), asynq.TaskID(t.ID),
+						asynq.Queue(t.Queue), asynq.MaxRetry(t.MaxRetry), asynq.Timeout(t.Timeout), asynq.Retention(a.cfg.Results.Retention))
+					if err == nil || errors.Is(err, asynq.ErrTaskIDConflict) {
+						return nil
+					}
+					time.Sleep(time.Duration(200*(try+1)) * time.Millisecond)
+				}
+				return fmt.Errorf("deleted from the archive but not re-enqueued (payload %d bytes): %w", len(t.Payload), err)
 			}, "requeued")
 		},
 	}
@@ -142,21 +153,17 @@ func (a *app) eachArchived(queue string, ids []string, all bool, fn func(*asynq.
 	defer client.Close()
 	var tasks []*asynq.TaskInfo
 	if all {
-		for {
-			// fn removes each task from the archive, so page 1 is always next.
-			page, err := insp.ListArchivedTasks(queue, asynq.PageSize(500), asynq.Page(1))
+		// Snapshot the archive first: jobs that workers dead-letter again
+		// while this runs are not taken a second time.
+		for page := 1; ; page++ {
+			batch, err := insp.ListArchivedTasks(queue, asynq.PageSize(500), asynq.Page(page))
 			if err != nil {
 				return fmt.Errorf("list dead letters of queue %q: %w", queue, err)
 			}
-			if len(page) == 0 {
+			tasks = append(tasks, batch...)
+			if len(batch) < 500 {
 				break
 			}
-			for _, t := range page {
-				if err := fn(insp, client, t); err != nil {
-					return fmt.Errorf("job %q: %w", t.ID, err)
-				}
-			}
-			tasks = append(tasks, page...)
 		}
 	} else {
 		for _, id := range ids {
@@ -167,10 +174,12 @@ func (a *app) eachArchived(queue string, ids []string, all bool, fn func(*asynq.
 			if t.State != asynq.TaskStateArchived {
 				return fmt.Errorf("job %q is %s, not dead-lettered", id, t.State)
 			}
-			if err := fn(insp, client, t); err != nil {
-				return fmt.Errorf("job %q: %w", id, err)
-			}
 			tasks = append(tasks, t)
+		}
+	}
+	for i, t := range tasks {
+		if err := fn(insp, client, t); err != nil {
+			return fmt.Errorf("job %q (%d of %d; %d done): %w", t.ID, i+1, len(tasks), i, err)
 		}
 	}
 	fmt.Fprintf(a.stdout, "%s %d job(s)\n", verb, len(tasks))

@@ -164,17 +164,13 @@ func (a *app) waitBatch(cmd *cobra.Command, p *producer.Producer, batchID string
 	}
 }
 
-// limiter builds the fleet-wide budget from the configuration; nil when no
-// budget is set (unlimited).
+// limiter builds the fleet-wide budget from the configuration. It is built
+// even when every budget is unlimited: it also carries the fleet-wide 429
+// cooldown, which every process must honour.
 func (a *app) limiter(rdb redis.UniversalClient) (*ratelimit.Limiter, error) {
 	budgets := map[string]ratelimit.Budget{}
-	any := false
 	for model, b := range a.cfg.Budgets {
 		budgets[model] = ratelimit.Budget{RPM: b.RPM, TPM: b.TPM, BurstTokens: b.Burst, BurstRequests: b.BurstRequests}
-		any = any || b.RPM > 0 || b.TPM > 0
-	}
-	if !any {
-		return nil, nil
 	}
 	return ratelimit.New(rdb, ratelimit.Config{Prefix: a.cfg.Prefix, Account: a.cfg.Upstream.Account, Budgets: budgets,
 		MaxWait: a.cfg.BudgetMaxWait, RefundUnused: a.cfg.BudgetRefundUnused, Transit: a.cfg.BudgetTransit})

@@ -119,7 +119,7 @@ func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 func (a *app) redisOpt() (asynq.RedisConnOpt, error) {
 	opt, err := asynq.ParseRedisURI(a.cfg.RedisURL)
 	if err != nil {
-		return nil, fmt.Errorf("redis_url (LLMQ_REDIS_URL) %q: %w", a.cfg.RedisURL, err)
+		return nil, fmt.Errorf("redis_url (LLMQ_REDIS_URL) %q: %w", redactURL(a.cfg.RedisURL), err)
 	}
 	return opt, nil
 }
