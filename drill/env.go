@@ -290,12 +290,12 @@ func (l *callLog) wrap(h http.Handler) http.Handler {
 		if m := markerRE.FindSubmatch(body[:min(len(body), 4096)]); m != nil {
 			job = string(m[1])
 		}
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &fakeupstream.StatusRecorder{ResponseWriter: w}
 		h.ServeHTTP(sw, r)
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		l.calls[job]++
-		if sw.status == http.StatusOK {
+		if sw.Status == http.StatusOK {
 			l.oks[job]++
 		}
 	})
@@ -325,26 +325,3 @@ func (l *callLog) requests() int {
 	}
 	return n
 }
-
-// statusWriter remembers the status written; Unwrap keeps Hijack and Flush
-// reachable through http.ResponseController.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -186,27 +186,34 @@ func (s *Server) Close() {
 	s.closeOnce.Do(func() { close(s.closed) })
 }
 
-// recorder remembers the status written.
-type recorder struct {
+// StatusRecorder wraps an http.ResponseWriter and remembers the status it
+// answered (200 when the body was written without WriteHeader). Unwrap
+// keeps Hijack and Flush reachable through http.ResponseController. The
+// fake uses it for its counters; tests and drills that wrap the fake's
+// handler use it to see what each request was answered.
+type StatusRecorder struct {
 	http.ResponseWriter
-	status int
+	Status int
 }
 
-func (r *recorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
+// WriteHeader records code and passes it on.
+func (r *StatusRecorder) WriteHeader(code int) {
+	if r.Status == 0 {
+		r.Status = code
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
 
-func (r *recorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
+// Write records an implicit 200 and passes b on.
+func (r *StatusRecorder) Write(b []byte) (int, error) {
+	if r.Status == 0 {
+		r.Status = http.StatusOK
 	}
 	return r.ResponseWriter.Write(b)
 }
 
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+// Unwrap returns the wrapped ResponseWriter.
+func (r *StatusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // serveChat answers a chat-completions request. deployment is set on the
 // Azure route. Order: auth, body validation, fault choice, then either the
@@ -215,9 +222,9 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 	ctx := r.Context()
 	arrived := s.now()
 	fakeKey := r.Header.Get("X-Fake-Key")
-	rec := &recorder{ResponseWriter: w}
+	rec := &StatusRecorder{ResponseWriter: w}
 	s.stats.begin(arrived, fakeKey)
-	defer func() { s.stats.end(rec.status) }()
+	defer func() { s.stats.end(rec.Status) }()
 
 	n := s.ids.Add(1)
 	h := w.Header()
@@ -350,7 +357,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 		}
 	default:
 		answer(rep, v.state, extra)
-		if rec.status == http.StatusOK {
+		if rec.Status == http.StatusOK {
 			s.served(comp.Usage)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,7 +32,7 @@ type harness struct {
 	url   string
 	prod  *producer.Producer
 	store *results.Store
-	logs  *syncBuffer
+	logs  *llmqtest.Buffer
 }
 
 func newHarness(t testing.TB, fcfg fakeupstream.Config) *harness {
@@ -53,7 +52,7 @@ func newHarness(t testing.TB, fcfg fakeupstream.Config) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	return &harness{t: t, env: env, fake: fake, url: srv.URL + "/v1", prod: p, store: p.Store(), logs: &syncBuffer{}}
+	return &harness{t: t, env: env, fake: fake, url: srv.URL + "/v1", prod: p, store: p.Store(), logs: &llmqtest.Buffer{}}
 }
 
 // testPolicy is the default policy with short delays.
@@ -160,7 +159,7 @@ func (h *harness) waitFor(what string, d time.Duration, cond func() bool) {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out after %v waiting for %s\nworker log tail:\n%s", d, what, h.logs.tail(20))
+			h.t.Fatalf("timed out after %v waiting for %s\nworker log tail:\n%s", d, what, h.logs.Tail(20))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -200,30 +199,4 @@ func (h *harness) waitState(id string, state asynq.TaskState) *asynq.TaskInfo {
 		return err == nil && info.State == state
 	})
 	return info
-}
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) tail(n int) string {
-	lines := strings.Split(strings.TrimSpace(s.String()), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

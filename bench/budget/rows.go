@@ -183,9 +183,9 @@ func (w *watch) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		w.first = at
 	}
 	w.mu.Unlock()
-	sr := &statusRecorder{ResponseWriter: rw}
+	sr := &fakeupstream.StatusRecorder{ResponseWriter: rw}
 	w.next.ServeHTTP(sr, r)
-	if sr.status != http.StatusOK {
+	if sr.Status != http.StatusOK {
 		return
 	}
 	w.mu.Lock()
@@ -208,28 +208,6 @@ func (w *watch) span() (first, last time.Time) {
 	defer w.mu.Unlock()
 	return w.first, w.last
 }
-
-// statusRecorder remembers the status written.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	if s.status == 0 {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusRecorder) Write(b []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
-}
-
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // lockedBuffer is a goroutine-safe log sink.
 type lockedBuffer struct {

@@ -90,7 +90,7 @@ func (p *procEnv) run(stdin string, args ...string) (string, string, int) {
 // proc is a running llmq process.
 type proc struct {
 	cmd  *exec.Cmd
-	logs *bytes.Buffer
+	logs *llmqtest.Buffer // stderr, readable while the process runs
 	done chan error
 }
 
@@ -99,8 +99,8 @@ func (p *procEnv) start(args ...string) *proc {
 	p.t.Helper()
 	cmd := exec.Command(binPath, args...)
 	cmd.Env = p.vars
-	logs := &bytes.Buffer{}
-	cmd.Stderr = &lockedWriter{w: logs}
+	logs := &llmqtest.Buffer{}
+	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}

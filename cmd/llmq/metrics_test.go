@@ -2,13 +2,10 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
-	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +14,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/llmq/llmq/fakeupstream"
+	"github.com/llmq/llmq/llmqtest"
 )
 
 // scrape is one parsed /metrics answer.
@@ -75,47 +73,9 @@ series:
 	return sum, found
 }
 
-// syncLog is a child's stderr that the test may read while it runs.
-type syncLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// startLogged is procEnv.start with a log the test can read while the
-// process runs.
-func (p *procEnv) startLogged(args ...string) (*proc, *syncLog) {
-	p.t.Helper()
-	cmd := exec.Command(binPath, args...)
-	cmd.Env = p.vars
-	logs := &syncLog{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		p.t.Fatal(err)
-	}
-	pr := &proc{cmd: cmd, logs: &bytes.Buffer{}, done: make(chan error, 1)}
-	go func() { pr.done <- cmd.Wait() }()
-	p.t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-pr.done
-	})
-	return pr, logs
-}
-
 // metricsAddr waits for the worker's "serving /metrics" event and returns
 // the address it bound.
-func metricsAddr(t *testing.T, logs *syncLog) string {
+func metricsAddr(t *testing.T, logs *llmqtest.Buffer) string {
 	t.Helper()
 	var addr string
 	waitFor(t, "the worker's metrics server", 15*time.Second, func() bool {
@@ -143,8 +103,8 @@ func TestWorkerMetricsEndpoint(t *testing.T) {
 	// (rate limited, no attempt burned); every other call succeeds.
 	p := newProcEnv(t, fakeupstream.Config{Faults: "400,500,ratelimit:100ms"},
 		"budgets:\n  default: {rpm: 6000, tpm: 2000000}\n")
-	w, logs := p.startLogged("worker", "--concurrency", "1", "--metrics-addr", "127.0.0.1:0")
-	addr := metricsAddr(t, logs)
+	w := p.start("worker", "--concurrency", "1", "--metrics-addr", "127.0.0.1:0")
+	addr := metricsAddr(t, w.logs)
 
 	resp, err := http.Get("http://" + addr + "/healthz")
 	if err != nil {
@@ -213,7 +173,7 @@ func TestWorkerMetricsEndpoint(t *testing.T) {
 		}
 	}
 	if t.Failed() {
-		t.Logf("worker log:\n%s", logs.String())
+		t.Logf("worker log:\n%s", w.logs.String())
 	}
 	w.stop(t, 10*time.Second)
 }
@@ -222,17 +182,17 @@ func TestWorkerMetricsEndpoint(t *testing.T) {
 // address stops the worker at start with an error that says what to do.
 func TestWorkerMetricsAddrOffAndBusy(t *testing.T) {
 	p := newProcEnv(t, fakeupstream.Config{}, "")
-	w, logs := p.startLogged("worker", "--metrics-addr", "127.0.0.1:0")
-	addr := metricsAddr(t, logs)
+	w := p.start("worker", "--metrics-addr", "127.0.0.1:0")
+	addr := metricsAddr(t, w.logs)
 	_, errOut, code := p.run("", "worker", "--metrics-addr", addr)
 	if code == 0 || !strings.Contains(errOut, "LLMQ_METRICS_ADDR") {
 		t.Fatalf("second worker on a busy metrics address: exit %d: %s; want a failure naming LLMQ_METRICS_ADDR", code, errOut)
 	}
-	off, offLogs := p.startLogged("worker", "--metrics-addr", "off")
+	off := p.start("worker", "--metrics-addr", "off")
 	waitFor(t, "the worker without metrics to start", 15*time.Second, func() bool {
-		return strings.Contains(offLogs.String(), "worker started")
+		return strings.Contains(off.logs.String(), "worker started")
 	})
-	if l := offLogs.String(); !strings.Contains(l, "metrics server off") || strings.Contains(l, `"metrics_addr"`) {
+	if l := off.logs.String(); !strings.Contains(l, "metrics server off") || strings.Contains(l, `"metrics_addr"`) {
 		t.Errorf("worker with --metrics-addr off: %s", l)
 	}
 	off.stop(t, 10*time.Second)
