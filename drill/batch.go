@@ -74,6 +74,25 @@ func (e *env) waitDrained(ctx context.Context, within time.Duration) (int64, tim
 	return left, time.Since(start), nil
 }
 
+// settle waits (up to within) for the queue to drain, counts the batch's
+// results into rep with the invariants every drill shares, and explains
+// any task left behind. It returns the tally and how long the drain took.
+func (e *env) settle(ctx context.Context, rep *Report, batchID string, n int, within time.Duration) (tally, time.Duration, error) {
+	left, took, err := e.waitDrained(ctx, within)
+	if err != nil {
+		return tally{}, took, err
+	}
+	t, err := e.count(ctx, batchID, n)
+	if err != nil {
+		return t, took, err
+	}
+	t.apply(rep, left)
+	if left > 0 {
+		e.explainStuck(ctx, rep)
+	}
+	return t, took, nil
+}
+
 // tally is what a batch came to.
 type tally struct {
 	submitted, stored, succeeded, failed, lost int

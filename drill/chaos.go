@@ -29,10 +29,8 @@ func Chaos(ctx context.Context, o Options) (*Report, error) {
 		return rep, err
 	}
 	defer e.close()
-	for range 3 {
-		if _, err := e.startWorker(ctx); err != nil {
-			return rep, err
-		}
+	if _, err := e.startFleet(ctx, 3); err != nil {
+		return rep, err
 	}
 	const batch = "chaos"
 	if err := e.enqueue(ctx, batch, n); err != nil {
@@ -55,17 +53,9 @@ func Chaos(ctx context.Context, o Options) (*Report, error) {
 		}
 		e.logf("429 burst of 40 served at %d calls", mark)
 	}
-	left, took, err := e.waitDrained(ctx, time.Duration(o.Size.pick(90, 300))*time.Second)
+	_, took, err := e.settle(ctx, rep, batch, n, time.Duration(o.Size.pick(90, 300))*time.Second)
 	if err != nil {
 		return rep, err
-	}
-	t, err := e.count(ctx, batch, n)
-	if err != nil {
-		return rep, err
-	}
-	t.apply(rep, left)
-	if left > 0 {
-		e.explainStuck(ctx, rep)
 	}
 	opened := 0
 	for _, w := range e.procs() {

@@ -74,15 +74,10 @@ func Kill9(ctx context.Context, o Options) (*Report, error) {
 	if len(orphans) > 0 && !requeued.IsZero() {
 		rep.note("orphans requeued %.1f s after the 1st kill, %.1f s after the 2nd", requeued.Sub(kills[0]).Seconds(), requeued.Sub(kills[1]).Seconds())
 	}
-	left, took, err := e.waitDrained(ctx, 3*time.Minute)
+	t, took, err := e.settle(ctx, rep, "kill9", n, 3*time.Minute)
 	if err != nil {
 		return rep, err
 	}
-	t, err := e.count(ctx, "kill9", n)
-	if err != nil {
-		return rep, err
-	}
-	t.apply(rep, left)
 	calls := e.calls.requests()
 	rep.note("upstream calls %d for %d jobs: %d extra (paid twice: %d jobs); drained %.1f s after the orphans were found",
 		calls, n, calls-n, t.dupExtra, took.Seconds())

@@ -43,13 +43,9 @@ func Poison(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep.check(len(keys) == 0, "refused input reached Redis: %d asynq keys of the queue exist", len(keys))
 
-	var fleet []*workerProc
-	for range 2 {
-		w, err := e.startWorker(ctx)
-		if err != nil {
-			return rep, err
-		}
-		fleet = append(fleet, w)
+	fleet, err := e.startFleet(ctx, 2)
+	if err != nil {
+		return rep, err
 	}
 	const batch = "poison"
 	if err := e.enqueue(ctx, batch, good); err != nil {
@@ -69,15 +65,10 @@ func Poison(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	e.logf("placed %d poison tasks directly in the queue", len(poison))
-	left, _, err := e.waitDrained(ctx, time.Duration(o.Size.pick(60, 180))*time.Second)
+	t, _, err := e.settle(ctx, rep, batch, good, time.Duration(o.Size.pick(60, 180))*time.Second)
 	if err != nil {
 		return rep, err
 	}
-	t, err := e.count(ctx, batch, good)
-	if err != nil {
-		return rep, err
-	}
-	t.apply(rep, left)
 	rep.check(t.succeeded == good, "%d of %d good jobs succeeded", t.succeeded, good)
 	var seen []string
 	for _, p := range poison {
@@ -89,9 +80,9 @@ func Poison(ctx context.Context, o Options) (*Report, error) {
 		res, rerr := e.store.Get(ctx, p.id)
 		switch {
 		case p.taskType != "":
-			// Not llmq's task type: the handler never sees it.
-			rep.check(info.State == asynq.TaskStateArchived, "poison %s (task type %q): state %s, want archived", p.id, p.taskType, info.State)
-			rep.note("poison %s (foreign task type): %s after %d retries, last error %q — asynq retries it like a failure (up to MaxRetry; 25 by default) instead of dead-lettering at once",
+			// Not llmq's task type: dead-lettered at once, never retried.
+			rep.check(info.State == asynq.TaskStateArchived && info.Retried == 0, "poison %s (task type %q): %s after %d retries, want archived at once", p.id, p.taskType, info.State, info.Retried)
+			rep.note("poison %s (foreign task type): %s after %d retries, last error %q",
 				p.id, info.State, info.Retried, clip(info.LastErr, 60))
 			continue
 		case p.valid:

@@ -40,13 +40,9 @@ func redisRestart(ctx context.Context, o Options, fsync string) (*Report, error)
 		return rep, err
 	}
 	defer e.close()
-	var fleet []*workerProc
-	for range 3 {
-		w, err := e.startWorker(ctx)
-		if err != nil {
-			return rep, err
-		}
-		fleet = append(fleet, w)
+	fleet, err := e.startFleet(ctx, 3)
+	if err != nil {
+		return rep, err
 	}
 	const batch = "redis"
 	if err := e.enqueue(ctx, batch, n); err != nil {
@@ -105,17 +101,9 @@ func redisRestart(ctx context.Context, o Options, fsync string) (*Report, error)
 	if _, _, err := e.recoverOrphans(ctx, rep, up, o.Size); err != nil {
 		return rep, err
 	}
-	left, _, err := e.waitDrained(ctx, time.Duration(o.Size.pick(60, 180))*time.Second)
+	t, _, err := e.settle(ctx, rep, batch, n, time.Duration(o.Size.pick(60, 180))*time.Second)
 	if err != nil {
 		return rep, err
-	}
-	t, err := e.count(ctx, batch, n)
-	if err != nil {
-		return rep, err
-	}
-	t.apply(rep, left)
-	if left > 0 {
-		e.explainStuck(ctx, rep)
 	}
 	for _, w := range fleet {
 		rep.check(w.alive(), "worker %d exited while Redis was away: %s", w.n, tail(w.logPath, 3))

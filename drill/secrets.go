@@ -41,13 +41,9 @@ func Secrets(ctx context.Context, o Options) (*Report, error) {
 		return rep, err
 	}
 	defer e.close()
-	var fleet []*workerProc
-	for range 2 {
-		w, err := e.startWorker(ctx)
-		if err != nil {
-			return rep, err
-		}
-		fleet = append(fleet, w)
+	fleet, err := e.startFleet(ctx, 2)
+	if err != nil {
+		return rep, err
 	}
 	const batch = "secrets"
 	texts := map[string]string{} // source -> text searched
@@ -82,15 +78,10 @@ func Secrets(ctx context.Context, o Options) (*Report, error) {
 	}
 	texts["llmq resume"] = out + errOut
 
-	left, _, err := e.waitDrained(ctx, time.Duration(o.Size.pick(60, 180))*time.Second)
+	t, _, err := e.settle(ctx, rep, batch, n, time.Duration(o.Size.pick(60, 180))*time.Second)
 	if err != nil {
 		return rep, err
 	}
-	t, err := e.count(ctx, batch, n)
-	if err != nil {
-		return rep, err
-	}
-	t.apply(rep, left)
 	st := e.fake.Stats()
 	rep.check(st.ByStatus["200"] > 0, "the upstream accepted no request: the key did not travel")
 	rep.check(t.failed > 0, "no job was dead-lettered: the error paths were not exercised")

@@ -63,17 +63,9 @@ func RollingRestart(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep.note("4 workers SIGTERMed in turn, each replaced after its exit; slowest exit %.2f s (shutdown timeout %v); %d in-flight jobs handed back to the queue at the timeout",
 		slowest.Seconds(), shutdown, handedBack)
-	left, took, err := e.waitDrained(ctx, 45*time.Second+time.Duration(o.Size.pick(0, 60))*time.Second)
+	t, took, err := e.settle(ctx, rep, batch, n, 45*time.Second+time.Duration(o.Size.pick(0, 60))*time.Second)
 	if err != nil {
 		return rep, err
-	}
-	t, err := e.count(ctx, batch, n)
-	if err != nil {
-		return rep, err
-	}
-	t.apply(rep, left)
-	if left > 0 {
-		e.explainStuck(ctx, rep)
 	}
 	calls := e.calls.requests()
 	rep.note("upstream calls %d for %d jobs (%d re-run after a shutdown cut them off); %d calls were in flight at the SIGTERMs; drained %.1f s after the last restart",

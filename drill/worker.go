@@ -25,6 +25,19 @@ type workerProc struct {
 	exitErr error
 }
 
+// startFleet starts k workers (see startWorker).
+func (e *env) startFleet(ctx context.Context, k int) ([]*workerProc, error) {
+	fleet := make([]*workerProc, 0, k)
+	for range k {
+		w, err := e.startWorker(ctx)
+		if err != nil {
+			return fleet, err
+		}
+		fleet = append(fleet, w)
+	}
+	return fleet, nil
+}
+
 // startWorker starts `llmq worker` and returns once asynq lists its server
 // (it has registered with Redis and dequeues).
 func (e *env) startWorker(ctx context.Context) (*workerProc, error) {
