@@ -27,8 +27,9 @@ type run struct {
 	attempt  int // 1-based attempt number
 	max      int // attempts allowed
 	started  time.Time
-	refreshd bool  // the key was refreshed after a 401 in this run
-	lastErr  error // the last upstream call's error
+	refreshd bool   // the key was refreshed after a 401 in this run
+	callKey  string // fingerprint of the API key the last call used
+	lastErr  error  // the last upstream call's error
 }
 
 // ProcessTask runs one job; it implements asynq.Handler. Its error tells
@@ -123,7 +124,10 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			if v.Class == "auth" && !r.refreshd && w.cfg.Keys != nil {
 				r.refreshd = true
 				changed, err := w.cfg.Keys.Refresh()
-				if err == nil && changed {
+				// The key may also have changed while the call was in
+				// flight (another job re-read the file): then this 401
+				// speaks of the old key, not of the one now in use.
+				if err == nil && (changed || w.cfg.Keys.Fingerprint() != r.callKey) {
 					w.log.Warn().Str("job_id", job.ID).Msg("upstream 401: API key changed at its source; trying the new key")
 					i-- // same tier, new key
 					continue
@@ -230,6 +234,10 @@ func (w *Worker) call(ctx context.Context, r *run, model string, tier int, body 
 		var cancelDeadline context.CancelFunc
 		cctx, cancelDeadline = context.WithDeadline(cctx, r.job.Deadline)
 		defer cancelDeadline()
+	}
+	if w.cfg.Keys != nil {
+		_, _ = w.cfg.Keys.Key() // re-read a changed key file first, as the client will
+		r.callKey = w.cfg.Keys.Fingerprint()
 	}
 	start := w.now()
 	resp, err := w.cfg.Upstream.Chat(cctx, body)
@@ -363,11 +371,9 @@ func (w *Worker) rateLimited(ctx context.Context, r *run, model string, v policy
 }
 
 func (w *Worker) hold(ctx context.Context, r *run, v policy.Verdict) error {
-	fp := ""
-	if w.cfg.Keys != nil {
-		fp = w.cfg.Keys.Fingerprint()
-	}
-	created, err := w.holds.Set(ctx, hold.State{Account: w.cfg.Account, Class: v.Class, Reason: v.Reason, KeyFingerprint: fp, Since: w.now()})
+	// The hold names the key that failed, so a worker holding any other
+	// key may lift it; a late 401 for an old key never blocks a new one.
+	created, err := w.holds.Set(ctx, hold.State{Account: w.cfg.Account, Class: v.Class, Reason: v.Reason, KeyFingerprint: r.callKey, Since: w.now()})
 	if err != nil {
 		w.log.Error().Err(err).Msg("could not record the hold in Redis")
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -319,5 +320,56 @@ func TestForeignAndExhaustedTasksGetDeadLettered(t *testing.T) {
 	}
 	if st, err := h.prod.Batch(context.Background(), "rawb"); err != nil || !st.Done() || st.Failed != 1 {
 		t.Errorf("batch %+v %v, want it finished with 1 failed", st, err)
+	}
+}
+
+// gated is a Completer whose first call returns only when the test says so.
+type gated struct {
+	next    worker.Completer
+	release chan struct{}
+	once    sync.Once
+}
+
+func (g *gated) Chat(ctx context.Context, body []byte) (*upstream.Response, error) {
+	resp, err := g.next.Chat(ctx, body)
+	first := false
+	g.once.Do(func() { first = true })
+	if first {
+		<-g.release
+	}
+	return resp, err
+}
+
+// A 401 that comes back after the key was already replaced (another job
+// re-read the file meanwhile) speaks of the old key: the worker retries
+// with the new one instead of holding the fleet against a good key.
+func TestLate401DoesNotHoldTheNewKey(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fakeupstream.Config{APIKey: "sk-test-good"})
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, []byte("sk-test-revoked\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keys := upstream.FileKey(keyFile)
+	client, err := upstream.New(upstream.Config{BaseURL: h.url, Key: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gated{next: client, release: make(chan struct{})}
+	h.startWorker(workerOpts{keys: keys, mod: func(c *worker.Config) { c.Upstream = g }})
+	h.enqueue("late")
+	h.waitFor("the first call to be answered 401", 10*time.Second, func() bool { return h.fake.Stats().ByStatus["401"] == 1 })
+	if err := os.WriteFile(keyFile, []byte("sk-test-good\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keys.Key(); err != nil { // another job re-reads the file
+		t.Fatal(err)
+	}
+	close(g.release)
+	if r := h.result("late"); r.Status != jobs.StatusSucceeded {
+		t.Fatalf("result %+v", r)
+	}
+	if st, _ := hold.NewStore(h.env.Client, h.env.Prefix).Get(context.Background(), "default"); st != nil {
+		t.Errorf("a hold stands against the new key: %+v", st)
 	}
 }
