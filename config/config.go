@@ -117,7 +117,7 @@ type Budget struct {
 	RPM           int64 `yaml:"rpm"`
 	TPM           int64 `yaml:"tpm"`
 	Burst         int64 `yaml:"burst"`
-	BurstRequests int64 `yaml:"burst_requests,omitempty"`
+	BurstRequests int64 `yaml:"burst_requests"`
 }
 
 // Breaker configures the per-model circuit breaker, shared by the fleet in
@@ -130,7 +130,7 @@ type Breaker struct {
 	// PerProcess gives each worker process a breaker of its own instead of
 	// the fleet's shared one. Only for the outage drill's baseline
 	// (make bench-outage); never in production.
-	PerProcess bool `yaml:"per_process,omitempty"`
+	PerProcess bool `yaml:"per_process"`
 }
 
 // Cache configures the response cache.

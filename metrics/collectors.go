@@ -9,6 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/hold"
 	"github.com/llmq/llmq/ratelimit"
 )
@@ -19,6 +20,11 @@ const scrapeTimeout = 2 * time.Second
 // BudgetSource is what the budget collector reads: *ratelimit.Limiter.
 type BudgetSource interface {
 	Usage(ctx context.Context, model string) (ratelimit.Snapshot, error)
+}
+
+// BreakerSource is what the breaker collector reads: *breaker.Breaker.
+type BreakerSource interface {
+	List(ctx context.Context) ([]breaker.Status, error)
 }
 
 // HoldSource is what the hold collector reads: *hold.Store.
@@ -61,6 +67,51 @@ func (m *Metrics) WatchHold(account string, src HoldSource) error {
 	defer m.mu.Unlock()
 	m.holdSrc, m.holdAccount = src, account
 	return nil
+}
+
+// WatchBreakers makes llmq_breaker_state read every model's breaker from
+// src at each scrape, so every worker reports the fleet's breakers as they
+// stand in Redis, including transitions made by other processes. Without
+// it the gauge shows what this process last saw.
+func (m *Metrics) WatchBreakers(src BreakerSource) error {
+	if m == nil {
+		return nil
+	}
+	if src == nil {
+		return errors.New("metrics: WatchBreakers needs a breaker source (the worker's *breaker.Breaker)")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.breakerSrc = src
+	return nil
+}
+
+// breakerCollector exposes llmq_breaker_state, refreshed from the breaker
+// source first when one is set.
+type breakerCollector struct{ m *Metrics }
+
+func (c breakerCollector) Describe(ch chan<- *prometheus.Desc) { c.m.breakerState.Describe(ch) }
+
+func (c breakerCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.mu.Lock()
+	src := c.m.breakerSrc
+	c.m.mu.Unlock()
+	if src != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+		list, err := src.List(ctx)
+		cancel()
+		if err != nil {
+			c.m.collectorErrors.WithLabelValues("breaker").Inc()
+		} else {
+			// Redis is the truth: a breaker gone from it (expired while
+			// closed) is no longer reported open.
+			c.m.breakerState.Reset()
+			for _, st := range list {
+				c.m.BreakerState(st.Model, string(st.State))
+			}
+		}
+	}
+	c.m.breakerState.Collect(ch)
 }
 
 // WatchQueues adds a collector that reads asynq's queue statistics at each

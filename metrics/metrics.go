@@ -81,6 +81,7 @@ type Metrics struct {
 	models      map[string]bool            // models seen, for the budget collector
 	holds       map[string]map[string]bool // account -> classes ever reported
 	holdSrc     HoldSource                 // set by WatchHold
+	breakerSrc  BreakerSource              // set by WatchBreakers
 	holdAccount string
 }
 
@@ -163,7 +164,7 @@ func New(cfg Config) *Metrics {
 	})
 	info.Set(1)
 	m.reg.MustRegister(m.upstreamRequests, m.upstreamDuration, m.tokens, m.budgetWait, m.rateLimited,
-		holdCollector{m}, m.holdsPlaced, m.breakerState, m.breakerTransitions, m.jobs, m.retries, m.deadLetters,
+		holdCollector{m}, m.holdsPlaced, breakerCollector{m}, m.breakerTransitions, m.jobs, m.retries, m.deadLetters,
 		m.cacheHits, m.collectorErrors, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Outcomes exist at zero from the start, so rate() and alerts see them

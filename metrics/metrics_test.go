@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/hold"
 	"github.com/llmq/llmq/llmqtest"
 	"github.com/llmq/llmq/metrics"
@@ -413,4 +414,39 @@ func scrape(t *testing.T, h http.Handler) string {
 		t.Fatalf("scrape answered %d", rec.Code)
 	}
 	return rec.Body.String()
+}
+
+// Every worker reports the fleet's breakers as they stand in Redis: a
+// breaker another process opened shows open here, and shows closed again
+// once that process's probe closed it.
+func TestWatchBreakersReadsRedisAtScrape(t *testing.T) {
+	env := llmqtest.Redis(t)
+	ctx := context.Background()
+	clk := llmqtest.NewClock(time.Unix(1_800_000_000, 0))
+	other, err := breaker.New(env.Client, breaker.Config{Prefix: env.Prefix, Failures: 1, Open: time.Minute, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(metrics.Config{})
+	if err := m.WatchBreakers(other); err != nil {
+		t.Fatal(err)
+	}
+	p, err := other.Allow(ctx, "gpt-4o")
+	if err != nil || !p.Allowed {
+		t.Fatalf("allow: %+v %v", p, err)
+	}
+	if err := other.Record(ctx, p, breaker.Failure); err != nil {
+		t.Fatal(err)
+	}
+	reg := m.Registry()
+	want(t, reg, "llmq_breaker_state", L{"model": "gpt-4o"}, 2)
+	clk.Advance(time.Minute)
+	p, err = other.Allow(ctx, "gpt-4o")
+	if err != nil || !p.Allowed || !p.Probe {
+		t.Fatalf("probe after the open interval: %+v %v", p, err)
+	}
+	if err := other.Record(ctx, p, breaker.Success); err != nil {
+		t.Fatal(err)
+	}
+	want(t, reg, "llmq_breaker_state", L{"model": "gpt-4o"}, 0)
 }

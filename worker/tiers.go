@@ -55,6 +55,10 @@ func (w *Worker) initTiers() error {
 	return nil
 }
 
+// Breaker returns the worker's fleet-wide circuit breaker (for status and
+// metrics).
+func (w *Worker) Breaker() *breaker.Breaker { return w.breaker }
+
 // onBreakerTransition logs a breaker's state change, counts it in Metrics,
 // then calls next (the configured hook) if any.
 func (w *Worker) onBreakerTransition(next func(model string, from, to breaker.State)) func(model string, from, to breaker.State) {

@@ -160,5 +160,8 @@ func (a *app) runWorker(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
+	if err := m.WatchBreakers(w.Breaker()); err != nil {
+		return err
+	}
 	return w.Run(ctx)
 }
