@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -29,9 +30,16 @@ func queueSize(t *testing.T, env *llmqtest.Env) int {
 	t.Helper()
 	insp := asynq.NewInspector(env.Opt)
 	defer insp.Close()
+	queues, err := insp.Queues()
+	if err != nil {
+		t.Fatalf("list queues: %v", err)
+	}
+	if !slices.Contains(queues, env.Queue) {
+		return 0 // nothing was ever enqueued
+	}
 	qi, err := insp.GetQueueInfo(env.Queue)
 	if err != nil {
-		return 0 // the queue does not exist: nothing was ever enqueued
+		t.Fatalf("read queue %s: %v", env.Queue, err)
 	}
 	return qi.Size
 }

@@ -129,6 +129,13 @@ func TestWorkerMetricsEndpoint(t *testing.T) {
 		t.Fatalf("enqueue --wait: exit %d, stdout %q, stderr %s; want exit %d (one dead letter)", code, out, errOut, exitJobsFailed)
 	}
 
+	// The worker counts a job's outcome just after storing its result,
+	// which `--wait` may see first: wait for the last count.
+	waitFor(t, "the last job's outcome to be counted", 10*time.Second, func() bool {
+		m, _ := scrapeMetrics(t, addr)
+		v, _ := m.get("llmq_jobs_total", map[string]string{"outcome": "succeeded"})
+		return v == n-1
+	})
 	after, text := scrapeMetrics(t, addr)
 	model := "gpt-4o-mini"
 	for _, c := range []struct {
