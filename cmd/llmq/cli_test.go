@@ -112,7 +112,7 @@ func TestConfigPrintsEffectiveSettingsWithoutKey(t *testing.T) {
 // SIGTERM mid-batch: the worker exits cleanly within its shutdown timeout;
 // a new worker finishes the batch; no job is lost or stored twice.
 func TestSIGTERMMidBatchThenRestart(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{Latency: 20 * time.Millisecond}, "")
+	p := newProcEnv(t, fakeupstream.Config{Latency: 50 * time.Millisecond}, "")
 	const n = 300
 	out, errOut, code := p.run(jsonl(n), "enqueue", "-", "--batch", "term")
 	if code != 0 {
