@@ -164,6 +164,11 @@ func classes(m map[string]int) string {
 	if len(m) == 0 {
 		return ""
 	}
+	return " (" + sortedCounts(m, ", ") + ")"
+}
+
+// sortedCounts renders counters as "key=n" sorted by key, joined by sep.
+func sortedCounts[N int | int64](m map[string]N, sep string) string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -173,7 +178,7 @@ func classes(m map[string]int) string {
 	for i, k := range keys {
 		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
 	}
-	return " (" + strings.Join(parts, ", ") + ")"
+	return strings.Join(parts, sep)
 }
 
 // explainStuck notes, for up to five unfinished active tasks, their lease

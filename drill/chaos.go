@@ -3,8 +3,6 @@ package drill
 import (
 	"context"
 	"fmt"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/llmq/llmq/fakeupstream"
@@ -70,15 +68,4 @@ func Chaos(ctx context.Context, o Options) (*Report, error) {
 }
 
 // counts renders a map of counters sorted by key.
-func counts(m map[string]int64) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
-	}
-	return "{" + strings.Join(parts, " ") + "}"
-}
+func counts(m map[string]int64) string { return "{" + sortedCounts(m, " ") + "}" }

@@ -342,6 +342,9 @@ func (l *Limiter) Reconcile(ctx context.Context, r Reservation, actualTokens int
 	if !ok {
 		return fmt.Errorf("%w %q: cannot reconcile a reservation no budget made", ErrNoBudget, r.Model)
 	}
+	if b.RequestCapacity() == 0 && b.TokenCapacity() == 0 {
+		return nil // an unlimited budget has no level to correct: no round trip
+	}
 	var refund int64
 	if l.cfg.RefundUnused && r.OK && actualTokens >= 0 && actualTokens < r.Cost.Tokens {
 		refund = (r.Cost.Tokens - actualTokens) * unit

@@ -462,3 +462,17 @@ func TestAcquireNeverBypassesRedis(t *testing.T) {
 		t.Fatal("Reserve without Redis succeeded")
 	}
 }
+
+// An unlimited budget has no level to correct: reconciling it costs no
+// Redis round trip and leaves nothing behind, whatever the server says.
+func TestReconcileUnlimitedTouchesNothing(t *testing.T) {
+	l, _ := newTest(t, Budget{})
+	ctx := context.Background()
+	r := Reservation{OK: true, Model: model, Cost: Cost{Requests: 1, Tokens: 500}}
+	if err := l.Reconcile(ctx, r, 10, ServerView{RemainingRequests: 0, RemainingTokens: 0, ResetRequests: -1, ResetTokens: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := l.rdb.Exists(ctx, l.Key(model)).Result(); err != nil || n != 0 {
+		t.Fatalf("budget key exists=%d (%v) after reconciling an unlimited budget", n, err)
+	}
+}
