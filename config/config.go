@@ -60,6 +60,40 @@ type Config struct {
 	Cache Cache `yaml:"cache"`
 	// StaticResponse configures the static text, the last tier.
 	StaticResponse StaticResponse `yaml:"static_response"`
+	// Serve configures `llmq serve`, the OpenAI-compatible Batch API.
+	Serve Serve `yaml:"serve"`
+}
+
+// DefaultServeAddr is where `llmq serve` listens by default.
+const DefaultServeAddr = "127.0.0.1:8080"
+
+// Serve configures the Batch API server (batchapi). Zero limits take the
+// batchapi package's defaults (OpenAI's).
+type Serve struct {
+	// Addr is where `llmq serve` listens (env LLMQ_SERVE_ADDR).
+	Addr string `yaml:"addr"`
+	// Clients are the API's tenants: a name and a file holding the key. Keys
+	// may also come from the environment (LLMQ_SERVE_KEYS=name:key,...).
+	Clients []ServeClient `yaml:"clients"`
+	// MaxFileBytes caps one uploaded file (0: batchapi.DefaultMaxFileBytes).
+	MaxFileBytes int64 `yaml:"max_file_bytes"`
+	// MaxRequests caps the requests of one batch (0: batchapi.DefaultMaxRequests).
+	MaxRequests int `yaml:"max_requests"`
+	// CompletionWindow is how long a batch created with completion_window
+	// "24h" has before what remains expires (0: 24h).
+	CompletionWindow time.Duration `yaml:"completion_window"`
+	// FileTTL is how long files (inputs and outputs) are kept (0: 30 days,
+	// OpenAI's default for batch files).
+	FileTTL time.Duration `yaml:"file_ttl"`
+	// Tick is how often each server advances the batches in progress
+	// (0: batchapi.DefaultTick).
+	Tick time.Duration `yaml:"tick"`
+}
+
+// ServeClient is one tenant of the Batch API.
+type ServeClient struct {
+	Name    string `yaml:"name"`
+	KeyFile string `yaml:"key_file"`
 }
 
 // Upstream configures the OpenAI-compatible API.
@@ -207,6 +241,8 @@ func Default() Config {
 
 		// Cached responses live a day (cache.DefaultTTL).
 		Cache: Cache{TTL: 24 * time.Hour},
+
+		Serve: Serve{Addr: DefaultServeAddr},
 	}
 }
 
@@ -250,6 +286,7 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 	set("OPENAI_API_KEY", &c.Upstream.APIKey)
 	set("LLMQ_API_KEY_FILE", &c.Upstream.APIKeyFile)
 	set("LLMQ_METRICS_ADDR", &c.Worker.MetricsAddr)
+	set("LLMQ_SERVE_ADDR", &c.Serve.Addr)
 	set("LOG_LEVEL", &c.Log.Level)
 	set("LLMQ_ENV", &c.Log.Environment)
 	for _, e := range []struct {
@@ -341,6 +378,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BudgetTransit < 0 || c.BudgetTransit > time.Minute {
 		bad("budget_transit", "must be from 0 to 1m, typically 100ms, got %v", c.BudgetTransit)
+	}
+	if c.Serve.MaxFileBytes < 0 || c.Serve.MaxRequests < 0 || c.Serve.CompletionWindow < 0 || c.Serve.FileTTL < 0 || c.Serve.Tick < 0 {
+		bad("serve", "max_file_bytes, max_requests, completion_window, file_ttl and tick must be ≥ 0 (0 = default)")
 	}
 	if c.Estimate.DefaultMaxTokens < 1 {
 		bad("estimate.default_max_tokens", "must be at least 1, got %d", c.Estimate.DefaultMaxTokens)
