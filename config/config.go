@@ -15,11 +15,15 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/llmq/llmq/redisconn"
 )
 
 // Config is the whole of llmq's configuration.
 type Config struct {
-	// RedisURL locates Redis, e.g. redis://127.0.0.1:6379/0 (env LLMQ_REDIS_URL).
+	// RedisURL locates Redis, e.g. redis://127.0.0.1:6379/0 (env
+	// LLMQ_REDIS_URL); redis+sentinel:// and redis+cluster:// URLs select
+	// Sentinel and Cluster (see package redisconn).
 	RedisURL string `yaml:"redis_url"`
 	// Prefix namespaces llmq's own Redis keys (results, budgets, holds).
 	Prefix string `yaml:"prefix"`
@@ -280,8 +284,8 @@ func (c *Config) Validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
 	}
-	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		bad("redis_url", "must be a redis:// or rediss:// URL, got %q", c.RedisURL)
+	if _, err := redisconn.Parse(c.RedisURL); err != nil {
+		errs = append(errs, fmt.Errorf("config: redis_url: %w", err))
 	}
 	if u, err := url.Parse(c.Upstream.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("upstream.base_url", "must be an http(s) URL such as https://api.openai.com/v1, got %q", c.Upstream.BaseURL)
@@ -348,9 +352,16 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Print writes the effective configuration as YAML, with the API key
-// masked, and where the key comes from.
+// Print writes the effective configuration as YAML, with the API key and
+// the Redis password masked, where the key comes from, and the Redis mode
+// and nodes.
 func (c Config) Print(w io.Writer) error {
+	redisLine := "(hidden: the URL cannot be read)"
+	if conn, err := redisconn.Parse(c.RedisURL); err == nil {
+		c.RedisURL, redisLine = conn.Redacted(), conn.String()
+	} else {
+		c.RedisURL = redisLine
+	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
@@ -364,6 +375,7 @@ func (c Config) Print(w io.Writer) error {
 	case c.Upstream.APIKey != "":
 		key = "from OPENAI_API_KEY: " + Mask(c.Upstream.APIKey)
 	}
+	fmt.Fprintf(&buf, "# redis: %s\n", redisLine)
 	fmt.Fprintf(&buf, "# api key: %s\n", key)
 	_, err := w.Write(buf.Bytes())
 	return err
