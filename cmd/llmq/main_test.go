@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +43,9 @@ type procEnv struct {
 	env   *llmqtest.Env
 	fake  *fakeupstream.Server
 	fleet *fleet.Fleet
+	// vars are added to the environment of the commands run (the last
+	// value of a variable wins).
+	vars []string
 }
 
 // newProcEnv sets up a test's processes: settings are the harness's test
@@ -73,11 +79,20 @@ func newProcEnv(t *testing.T, fcfg fakeupstream.Config, mod func(*config.Config)
 // run runs llmq to completion and returns stdout, stderr and the exit code.
 func (p *procEnv) run(stdin string, args ...string) (string, string, int) {
 	p.t.Helper()
-	out, errOut, code, err := p.fleet.Run(context.Background(), strings.NewReader(stdin), args...)
-	if err != nil {
+	cmd := p.fleet.Command(context.Background(), args...)
+	cmd.Env = append(cmd.Env, p.vars...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return out.String(), errb.String(), ee.ExitCode()
+	case err != nil:
 		p.t.Fatalf("run llmq %v: %v", args, err)
 	}
-	return out, errOut, code
+	return out.String(), errb.String(), 0
 }
 
 // proc is a running llmq worker.
