@@ -19,8 +19,10 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/llmq/llmq/batchapi"
+	"github.com/llmq/llmq/config"
 	"github.com/llmq/llmq/fakeupstream"
 	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/llmqtest"
 )
 
 // Client keys of the tests' two tenants.
@@ -29,20 +31,26 @@ const (
 	bobKey   = "sk-bob-test-key-0123456789ab"
 )
 
-// serveEnv is a procEnv with two Batch API tenants (alice, bob) whose keys
-// come from key files in serve.clients, as an operator writes them.
-func newServeEnv(t *testing.T, fcfg fakeupstream.Config, serveYAML string) *procEnv {
+// newServeEnv is a procEnv with two Batch API tenants (alice, bob) whose
+// keys come from key files in serve.clients, as an operator writes them;
+// mod changes the serve settings.
+func newServeEnv(t *testing.T, fcfg fakeupstream.Config, mod func(*config.Serve)) *procEnv {
 	t.Helper()
 	dir := t.TempDir()
-	for name, key := range map[string]string{"alice": aliceKey, "bob": bobKey} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(key+"\n"), 0o600); err != nil {
+	var clients []config.ServeClient
+	for _, c := range []struct{ name, key string }{{"alice", aliceKey}, {"bob", bobKey}} {
+		path := filepath.Join(dir, c.name)
+		if err := os.WriteFile(path, []byte(c.key+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
+		clients = append(clients, config.ServeClient{Name: c.name, KeyFile: path})
 	}
-	yml := fmt.Sprintf("serve:\n  tick: 100ms\n  clients:\n    - {name: alice, key_file: %s}\n    - {name: bob, key_file: %s}\n%s",
-		filepath.Join(dir, "alice"), filepath.Join(dir, "bob"), serveYAML)
-	p := newProcEnv(t, fcfg, yml)
-	p.vars = append(p.vars, "LLMQ_SERVE_KEYS=")
+	p := newProcEnv(t, fcfg, func(c *config.Config) {
+		c.Serve.Clients, c.Serve.Tick = clients, 100*time.Millisecond
+		if mod != nil {
+			mod(&c.Serve)
+		}
+	})
 	t.Cleanup(func() {
 		// The tenants' queues are not under the Env's own queue name.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -61,24 +69,35 @@ func newServeEnv(t *testing.T, fcfg fakeupstream.Config, serveYAML string) *proc
 
 var serveAddr = regexp.MustCompile(`"addr":"([0-9.:]+)"`)
 
-// startServe runs `llmq serve` on a free port and returns its base URL.
-func (p *procEnv) startServe() (*proc, string) {
+// startServe runs `llmq serve` on a free port until the test ends and
+// returns its base URL.
+func (p *procEnv) startServe() string {
 	p.t.Helper()
-	pr := p.start("serve", "--addr", "127.0.0.1:0")
+	cmd := p.fleet.Command(context.Background(), "serve", "--addr", "127.0.0.1:0")
+	cmd.Env = append(cmd.Env, p.vars...)
+	logs := &llmqtest.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	p.t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
 	var addr string
 	waitFor(p.t, "llmq serve to listen", 20*time.Second, func() bool {
-		if m := serveAddr.FindStringSubmatch(pr.logs.String()); m != nil {
+		if m := serveAddr.FindStringSubmatch(logs.String()); m != nil {
 			addr = m[1]
 			return true
 		}
 		select {
-		case err := <-pr.done:
-			p.t.Fatalf("llmq serve exited: %v: %s", err, pr.logs.String())
+		case err := <-done:
+			done <- err
+			p.t.Fatalf("llmq serve exited: %v: %s", err, logs.String())
 		default:
 		}
 		return false
 	})
-	return pr, "http://" + addr
+	return "http://" + addr
 }
 
 func sdk(base, key string) openai.Client {
@@ -182,9 +201,9 @@ func wantAPIError(t *testing.T, err error, status int) *openai.Error {
 // bytes every time), llmq results for the same batch, tenants isolated,
 // wrong key refused, lists paginated, metrics counted.
 func TestServeBatchWithOfficialSDK(t *testing.T) {
-	p := newServeEnv(t, fakeupstream.Config{Faults: "400,400"}, "")
+	p := newServeEnv(t, fakeupstream.Config{Faults: "400,400"}, nil)
 	p.start("worker", "--concurrency", "4")
-	_, base := p.startServe()
+	base := p.startServe()
 	alice, bob := sdk(base, aliceKey), sdk(base, bobKey)
 
 	input := batchInput(30)
@@ -317,8 +336,8 @@ func TestServeBatchWithOfficialSDK(t *testing.T) {
 // An input file with invalid lines fails the batch with every problem and
 // its line; nothing is enqueued. Oversized uploads get a typed 413.
 func TestServeBrokenInputAndLimits(t *testing.T) {
-	p := newServeEnv(t, fakeupstream.Config{}, "  max_file_bytes: 65536\n")
-	_, base := p.startServe()
+	p := newServeEnv(t, fakeupstream.Config{}, func(s *config.Serve) { s.MaxFileBytes = 65536 })
+	base := p.startServe()
 	alice := sdk(base, aliceKey)
 	lines := strings.Split(strings.TrimSpace(batchInput(6)), "\n")
 	lines[1] = `{"custom_id":"req-1", not json`
@@ -360,9 +379,9 @@ func TestServeBrokenInputAndLimits(t *testing.T) {
 // Cancel: queued jobs are removed, in-flight ones finish, the answers
 // already in stay downloadable and the counts add up.
 func TestServeCancel(t *testing.T) {
-	p := newServeEnv(t, fakeupstream.Config{Latency: 200 * time.Millisecond}, "")
+	p := newServeEnv(t, fakeupstream.Config{Latency: 200 * time.Millisecond}, nil)
 	p.start("worker", "--concurrency", "2")
-	_, base := p.startServe()
+	base := p.startServe()
 	alice := sdk(base, aliceKey)
 	f := upload(t, alice, batchInput(60))
 	b := createBatch(t, alice, f.ID)
@@ -403,9 +422,9 @@ func TestServeCancel(t *testing.T) {
 // When the completion window passes, what has not run expires with
 // batch_expired error lines; what ran is in the output file.
 func TestServeExpiry(t *testing.T) {
-	p := newServeEnv(t, fakeupstream.Config{Latency: 300 * time.Millisecond}, "  completion_window: 3s\n")
+	p := newServeEnv(t, fakeupstream.Config{Latency: 300 * time.Millisecond}, func(s *config.Serve) { s.CompletionWindow = 3 * time.Second })
 	p.start("worker", "--concurrency", "1")
-	_, base := p.startServe()
+	base := p.startServe()
 	alice := sdk(base, aliceKey)
 	f := upload(t, alice, batchInput(40))
 	b := createBatch(t, alice, f.ID)
@@ -425,8 +444,7 @@ func TestServeExpiry(t *testing.T) {
 
 // With no client key configured, serve refuses to start.
 func TestServeRefusesWithoutKeys(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{}, "")
-	p.vars = append(p.vars, "LLMQ_SERVE_KEYS=")
+	p := newProcEnv(t, fakeupstream.Config{}, nil)
 	_, stderr, code := p.run("", "serve", "--addr", "127.0.0.1:0")
 	if code == 0 || !strings.Contains(stderr, "no client key configured") || !strings.Contains(stderr, "LLMQ_SERVE_KEYS") {
 		t.Fatalf("code %d stderr %s", code, stderr)
