@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/llmq/llmq/jobs"
 )
 
 // Config is the whole of llmq's configuration.
@@ -165,6 +167,10 @@ type Estimate struct {
 	// DefaultMaxTokens is charged per choice for jobs that set no
 	// max_tokens / max_completion_tokens.
 	DefaultMaxTokens int `yaml:"default_max_tokens"`
+	// Method is how a job's prompt is charged to the budget: "chars" (the
+	// default, like OpenAI's rate limiter) or "tokenizer" (see
+	// jobs.MethodChars and jobs.MethodTokenizer).
+	Method string `yaml:"method"`
 }
 
 // Log configures logging.
@@ -198,7 +204,7 @@ func Default() Config {
 		Budgets:  map[string]Budget{"default": {}},
 		Breaker:  Breaker{Failures: 5, Window: 60 * time.Second, Open: 30 * time.Second},
 		Results:  Results{TTL: 7 * 24 * time.Hour, Retention: 24 * time.Hour},
-		Estimate: Estimate{DefaultMaxTokens: 1024},
+		Estimate: Estimate{DefaultMaxTokens: 1024, Method: string(jobs.DefaultMethod)},
 		Log:      Log{Level: "info", Environment: "dev"},
 
 		// BudgetMaxWait matches ratelimit.DefaultMaxWait.
@@ -341,6 +347,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BudgetTransit < 0 || c.BudgetTransit > time.Minute {
 		bad("budget_transit", "must be from 0 to 1m, typically 100ms, got %v", c.BudgetTransit)
+	}
+	if _, err := jobs.ParseMethod(c.Estimate.Method); err != nil {
+		bad("estimate.method", "must be %q or %q, got %q", jobs.MethodChars, jobs.MethodTokenizer, c.Estimate.Method)
 	}
 	if c.Estimate.DefaultMaxTokens < 1 {
 		bad("estimate.default_max_tokens", "must be at least 1, got %d", c.Estimate.DefaultMaxTokens)
