@@ -35,7 +35,7 @@
 --   reconcile refund_t, server_r, server_t, limit_r, limit_t (-1 unknown),
 --             nr_at, nt_at, ne_at, at_ms, charged_t (0 unknown), refused,
 --             factor_min, factor_max, halflife_ms, min_pairs, estimate_t,
---             dead_band
+--             dead_band, down_trust
 --             -> {r, t}
 --   cooldown  until_ms -> {cd}
 --   usage     -> {r, t, cd, cr, ct, ce, rcap, tcap, rrate, trate, f*1e6}
@@ -185,7 +185,7 @@ elseif op == 'reconcile' then
   local nr_at, nt_at, ne_at, at = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
   local charged, refused = tonumber(ARGV[18]), ARGV[19] == '1'
   local fmin, fmax, half, minpairs = tonumber(ARGV[20]), tonumber(ARGV[21]), tonumber(ARGV[22]), tonumber(ARGV[23])
-  local raw, band = tonumber(ARGV[24]), tonumber(ARGV[25])
+  local raw, band, downtrust = tonumber(ARGV[24]), tonumber(ARGV[25]), tonumber(ARGV[26])
   local known = nt_at > 0 and at > 0 and nt_at <= nt and nr_at <= nr and ne_at <= ne
 
   -- The provider's limits: the lower one applies from now on.
@@ -220,13 +220,15 @@ elseif op == 'reconcile' then
       if reading < level then return reading end
       return level
     end
-    local view = reading - (sum - sum_at) + rt * math.max(0, now - at)
+    -- The provider read its bucket when the call arrived, up to one
+    -- transit after the reservation: count the refill from then.
+    local view = reading - (sum - sum_at) + rt * math.max(0, now - at - transit)
     if view < level then return view end
-    -- Raise only while the provider's bucket is at least half full: in
-    -- steady state calls reserved before this one may still be on their
-    -- way, and a raise would spend them twice.
+    -- Raise only while the provider's bucket is at least a quarter full:
+    -- in steady state calls reserved before this one may still be on
+    -- their way, and a raise would spend them twice.
     view = math.min(cap, view - rt * transit)
-    if view > level and view >= cap / 2 then return view end
+    if view > level and view >= cap / 4 then return view end
     return level
   end
   r = adopt(r, rcap, sr, nr, nr_at, rrate)
@@ -252,7 +254,11 @@ elseif op == 'reconcile' then
         local d = 0.5 ^ (math.max(0, at - sa) / half)
         sc, se, sn, sa = sc * d + (before - st), se * d + (ne_at - o_e) - (nz - (o_z or 0)), sn * d + 1, math.max(sa, at)
         if sn >= minpairs and se > 0 then
-          f = math.min(fmax, math.max(fmin, sc / se))
+          f = sc / se
+          -- Below 1 the fleet would spend more than it estimates, and an
+          -- error costs 429s: take only part of a downward correction.
+          if f < 1 then f = 1 - (1 - f) * downtrust end
+          f = math.min(fmax, math.max(fmin, f))
           -- Within the dead band the estimate is taken as exact: the
           -- readings' timing noise is not chased.
           if math.abs(f - 1) <= band then f = 1 end

@@ -86,11 +86,14 @@ const (
 // fleet's estimates is learned from consecutive x-ratelimit-remaining-tokens
 // readings, from evidence that halves in weight every CalibrationHalfLife,
 // within [FactorMin, FactorMax], once calibrationMinPairs pairs of readings
-// (decayed) support it; a factor within FactorDeadBand of 1 is 1.
+// (decayed) support it; a factor within FactorDeadBand of 1 is 1, and of a
+// correction below 1 (the fleet spending more than it estimates, where an
+// error costs 429s) only FactorDownTrust is taken.
 const (
 	FactorMin           = 0.5
 	FactorMax           = 2.0
 	FactorDeadBand      = 0.05
+	FactorDownTrust     = 0.75
 	CalibrationHalfLife = 20 * time.Second
 	calibrationMinPairs = 8
 )

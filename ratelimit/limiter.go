@@ -434,7 +434,7 @@ func (l *Limiter) Reconcile(ctx context.Context, r Reservation, actualTokens int
 	}
 	_, err := l.run(ctx, "reconcile", r.Model, b, l.cfg.Now(), refund, sr, st, lr, lt,
 		r.sumReq, r.sumTok, r.sumEst, at, r.Charged*unit, refused,
-		FactorMin, FactorMax, CalibrationHalfLife.Milliseconds(), calibrationMinPairs, r.Cost.Tokens*unit, FactorDeadBand)
+		FactorMin, FactorMax, CalibrationHalfLife.Milliseconds(), calibrationMinPairs, r.Cost.Tokens*unit, FactorDeadBand, FactorDownTrust)
 	return err
 }
 

@@ -130,12 +130,13 @@ func (p *simProvider) call(now time.Time, estimate int64) (ok bool, remaining in
 
 // Issue 15: a provider whose accounting differs from the estimate (here by
 // ratio) is learned from consecutive x-ratelimit-remaining-tokens readings:
-// the factor converges, within its bounds, and the 429s stop within the
-// first simulated minute.
+// the factor converges, within its bounds (a correction downwards only by
+// FactorDownTrust of it), and the 429s stop within the first simulated
+// minute.
 func TestCalibrationLearnsTheProvidersAccounting(t *testing.T) {
 	for _, tc := range []struct {
 		ratio, want float64
-	}{{1.25, 1.25}, {0.8, 0.8}, {3, FactorMax}} {
+	}{{1.25, 1.25}, {0.8, 1 - 0.2*FactorDownTrust}, {3, FactorMax}} {
 		t.Run("", func(t *testing.T) {
 			const tpm = 60_000 // 1000 tokens/s
 			l, clk := newDefaultBurstTest(t, Budget{TPM: tpm})
