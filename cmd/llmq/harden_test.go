@@ -22,8 +22,8 @@ func (p *procEnv) runWithin(d time.Duration, stdin string, args ...string) (stri
 	p.t.Helper()
 	c, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	cmd := exec.CommandContext(c, binPath, args...)
-	cmd.Env = p.vars
+	cmd := p.fleet.Command(c, args...)
+	cmd.Env = append(cmd.Env, p.vars...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -50,7 +50,7 @@ func line(customID, extra string) string {
 // --wait hung. Batch ids can no longer hold ':'; an explicit id taken by
 // another batch is refused and left out of the batch, so --wait ends.
 func TestJobIDsNeverCollideAcrossBatches(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{}, "")
+	p := newProcEnv(t, fakeupstream.Config{}, nil)
 	p.start("worker", "--concurrency", "4")
 	out, errOut, code := p.runWithin(time.Minute, line("a:b", ""), "enqueue", "-", "--batch", "hx", "--wait")
 	if code != 0 || strings.TrimSpace(out) != "hx" {
@@ -94,7 +94,7 @@ func TestJobIDsNeverCollideAcrossBatches(t *testing.T) {
 
 // Issue 10 item 2: a repeated explicit id was silently dropped.
 func TestDuplicateExplicitIDIsRefused(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{}, "")
+	p := newProcEnv(t, fakeupstream.Config{}, nil)
 	in := line("a", `,"id":"dup"`) + line("b", "") + line("c", `,"id":"dup"`)
 	_, errOut, code := p.runWithin(time.Minute, in, "enqueue", "-", "--batch", "d")
 	if code == 0 || !strings.Contains(errOut, `line 3: invalid job: id: id "dup" repeats line 1`) {
@@ -108,7 +108,7 @@ func TestDuplicateExplicitIDIsRefused(t *testing.T) {
 // Issue 10 items 9 and 11: max_attempts near 2^31 wrapped in asynq's retry
 // counter; a fallback list had no bound.
 func TestAttemptsAndFallbacksAreBounded(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{}, "")
+	p := newProcEnv(t, fakeupstream.Config{}, nil)
 	_, errOut, code := p.runWithin(time.Minute, line("a", `,"max_attempts":2147483640`), "enqueue", "-", "--batch", "m1")
 	if code == 0 || !strings.Contains(errOut, "line 1: invalid job: max_attempts: must be at most 100, got 2147483640") {
 		t.Fatalf("max_attempts: code %d stderr %s", code, errOut)
@@ -129,7 +129,7 @@ func TestAttemptsAndFallbacksAreBounded(t *testing.T) {
 
 // Issue 10 item 10: -o F --errors F wrote a corrupt file and exited 0.
 func TestResultsRefusesOneFileForBothOutputs(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{Faults: "400"}, "")
+	p := newProcEnv(t, fakeupstream.Config{Faults: "400"}, nil)
 	p.start("worker", "--concurrency", "2")
 	if _, errOut, code := p.runWithin(time.Minute, jsonl(5), "enqueue", "-", "--batch", "same", "--wait"); code != exitJobsFailed {
 		t.Fatalf("enqueue: code %d %s; want one job dead-lettered", code, errOut)
