@@ -16,6 +16,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/llmq/llmq/config"
 	"github.com/llmq/llmq/fakeupstream"
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/results"
@@ -64,7 +65,7 @@ func redisDump(t *testing.T, p *procEnv) string {
 // JSON-escaped, in the body: the key reaches no log, result record, asynq
 // task or export.
 func TestEchoedKeyScrubbedEverywhere(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{Faults: "echokey"}, "")
+	p := newProcEnv(t, fakeupstream.Config{Faults: "echokey"}, nil)
 	w := p.start("worker", "--concurrency", "1")
 	if _, errOut, code := p.run(jsonl(1), "enqueue", "-", "--batch", "echo", "--wait"); code != 0 {
 		t.Fatalf("enqueue --wait: code %d %s", code, errOut)
@@ -151,8 +152,7 @@ func TestHostileUpstreamBodies(t *testing.T) {
 	h := &hostile{calls: map[string]int{}}
 	up := httptest.NewServer(h)
 	defer up.Close()
-	p := newProcEnv(t, fakeupstream.Config{}, "")
-	p.vars = append(p.vars, "OPENAI_BASE_URL="+up.URL+"/v1")
+	p := newProcEnv(t, fakeupstream.Config{}, func(c *config.Config) { c.Upstream.BaseURL = up.URL + "/v1" })
 	prompts := []string{"utf8", "float", "string", "unreadable", "nullchoice", "emptychoice", "emptymessage", "echoerror"}
 	var in strings.Builder
 	for _, pr := range prompts {
