@@ -21,6 +21,7 @@ import (
 	"github.com/llmq/llmq/batchapi"
 	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/cache"
+	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/policy"
 	"github.com/llmq/llmq/ratelimit"
 	"github.com/llmq/llmq/redisconn"
@@ -211,6 +212,10 @@ type Estimate struct {
 	// DefaultMaxTokens is charged per choice for jobs that set no
 	// max_tokens / max_completion_tokens.
 	DefaultMaxTokens int `yaml:"default_max_tokens"`
+	// Method is how a job's prompt is charged to the budget: "chars" (the
+	// default, like OpenAI's rate limiter) or "tokenizer" (see
+	// jobs.MethodChars and jobs.MethodTokenizer).
+	Method string `yaml:"method"`
 }
 
 // Log configures logging.
@@ -283,7 +288,7 @@ func Default() Config {
 		Budgets:       map[string]Budget{DefaultBudget: {}},
 		Breaker:       Breaker{Failures: breaker.DefaultFailures, Window: breaker.DefaultWindow, Open: breaker.DefaultOpen},
 		Results:       Results{TTL: DefaultResultTTL, Retention: DefaultRetention},
-		Estimate:      Estimate{DefaultMaxTokens: DefaultMaxTokens},
+		Estimate:      Estimate{DefaultMaxTokens: DefaultMaxTokens, Method: string(jobs.DefaultMethod)},
 		Log:           Log{Level: DefaultLogLevel, Environment: DefaultEnvironment},
 		BudgetMaxWait: ratelimit.DefaultMaxWait,
 		BudgetTransit: DefaultBudgetTransit,
@@ -480,6 +485,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Serve.MaxFileBytes < 0 || c.Serve.MaxRequests < 0 || c.Serve.CompletionWindow < 0 || c.Serve.FileTTL < 0 || c.Serve.Tick < 0 {
 		bad("serve", "max_file_bytes, max_requests, completion_window, file_ttl and tick must be ≥ 0 (0 = default)")
+	}
+	if _, err := jobs.ParseMethod(c.Estimate.Method); err != nil {
+		bad("estimate.method", "must be %q or %q, got %q", jobs.MethodChars, jobs.MethodTokenizer, c.Estimate.Method)
 	}
 	if c.Estimate.DefaultMaxTokens < 1 {
 		bad("estimate.default_max_tokens", "must be at least 1, got %d", c.Estimate.DefaultMaxTokens)
