@@ -4,7 +4,7 @@ BUILD   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.build=$(BUILD)
 BIN     := bin/llmq
 
-.PHONY: build demo test test-redis-ha lint bench bench-enqueue bench-e2e bench-budget bench-outage redis fuzz drill clean
+.PHONY: build demo test test-redis-ha lint bench bench-enqueue bench-e2e bench-budget bench-outage bench-batchapi redis fuzz drill clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/llmq
@@ -49,6 +49,11 @@ bench-e2e: build redis
 ## x/time/rate limiters with the budget split, and not split (about a minute)
 bench-budget: build redis
 	go run ./bench/budget -bin $(BIN)
+
+## bench-batchapi: llmq serve with the official Go SDK: serve's peak RSS during a 200 MB upload,
+## a 10,000-request batch at 30,000 RPM against the bound N/RPM, two tenants' fair share
+bench-batchapi: redis
+	LLMQ_BENCH_BATCHAPI=1 go test -run '^TestBenchBatchAPI$$' -v -timeout 30m ./cmd/llmq/
 
 ## bench-outage: the outage drill alone: 4 `llmq worker` processes, a steady stream, the
 ## fake answers 503 for 10 s then recovers; shared breaker vs per-process breakers (about 45 s)

@@ -33,8 +33,8 @@ const (
 
 // newServeEnv is a procEnv with two Batch API tenants (alice, bob) whose
 // keys come from key files in serve.clients, as an operator writes them;
-// mod changes the serve settings.
-func newServeEnv(t *testing.T, fcfg fakeupstream.Config, mod func(*config.Serve)) *procEnv {
+// mod changes the settings.
+func newServeEnv(t *testing.T, fcfg fakeupstream.Config, mod func(*config.Config)) *procEnv {
 	t.Helper()
 	dir := t.TempDir()
 	var clients []config.ServeClient
@@ -48,7 +48,7 @@ func newServeEnv(t *testing.T, fcfg fakeupstream.Config, mod func(*config.Serve)
 	p := newProcEnv(t, fcfg, func(c *config.Config) {
 		c.Serve.Clients, c.Serve.Tick = clients, 100*time.Millisecond
 		if mod != nil {
-			mod(&c.Serve)
+			mod(c)
 		}
 	})
 	t.Cleanup(func() {
@@ -72,6 +72,12 @@ var serveAddr = regexp.MustCompile(`"addr":"([0-9.:]+)"`)
 // startServe runs `llmq serve` on a free port until the test ends and
 // returns its base URL.
 func (p *procEnv) startServe() string {
+	_, base := p.startServeProc()
+	return base
+}
+
+// startServeProc is startServe, also returning the process id.
+func (p *procEnv) startServeProc() (int, string) {
 	p.t.Helper()
 	cmd := p.fleet.Command(context.Background(), "serve", "--addr", "127.0.0.1:0")
 	cmd.Env = append(cmd.Env, p.vars...)
@@ -97,7 +103,7 @@ func (p *procEnv) startServe() string {
 		}
 		return false
 	})
-	return "http://" + addr
+	return cmd.Process.Pid, "http://" + addr
 }
 
 func sdk(base, key string) openai.Client {
@@ -336,7 +342,7 @@ func TestServeBatchWithOfficialSDK(t *testing.T) {
 // An input file with invalid lines fails the batch with every problem and
 // its line; nothing is enqueued. Oversized uploads get a typed 413.
 func TestServeBrokenInputAndLimits(t *testing.T) {
-	p := newServeEnv(t, fakeupstream.Config{}, func(s *config.Serve) { s.MaxFileBytes = 65536 })
+	p := newServeEnv(t, fakeupstream.Config{}, func(c *config.Config) { c.Serve.MaxFileBytes = 65536 })
 	base := p.startServe()
 	alice := sdk(base, aliceKey)
 	lines := strings.Split(strings.TrimSpace(batchInput(6)), "\n")
@@ -422,7 +428,7 @@ func TestServeCancel(t *testing.T) {
 // When the completion window passes, what has not run expires with
 // batch_expired error lines; what ran is in the output file.
 func TestServeExpiry(t *testing.T) {
-	p := newServeEnv(t, fakeupstream.Config{Latency: 300 * time.Millisecond}, func(s *config.Serve) { s.CompletionWindow = 3 * time.Second })
+	p := newServeEnv(t, fakeupstream.Config{Latency: 300 * time.Millisecond}, func(c *config.Config) { c.Serve.CompletionWindow = 3 * time.Second })
 	p.start("worker", "--concurrency", "1")
 	base := p.startServe()
 	alice := sdk(base, aliceKey)
@@ -454,4 +460,31 @@ func TestServeRefusesWithoutKeys(t *testing.T) {
 	if code == 0 || strings.Contains(stderr, "tiny-k3y") {
 		t.Fatalf("a short key: code %d stderr %s (the key must not be echoed)", code, stderr)
 	}
+}
+
+// Tenants with backlogs at the same time share the workers (and so the
+// budget): bob's batch, created after alice's started, finishes long
+// before alice's, where one first-come-first-served queue would finish it
+// last. (make bench-batchapi measures the share at a set RPM.)
+func TestServeFairShare(t *testing.T) {
+	p := newServeEnv(t, fakeupstream.Config{Latency: 40 * time.Millisecond}, nil)
+	p.start("worker", "--concurrency", "1")
+	base := p.startServe()
+	alice, bob := sdk(base, aliceKey), sdk(base, bobKey)
+	fa, fb := upload(t, alice, batchInput(60)), upload(t, bob, batchInput(10))
+	ba := createBatch(t, alice, fa.ID)
+	waitFor(t, "alice's batch to run", 30*time.Second, func() bool {
+		got, err := alice.Batches.Get(ctx(t), ba.ID)
+		return err == nil && got.RequestCounts.Completed > 0
+	})
+	bb := createBatch(t, bob, fb.ID)
+	poll(t, bob, bb.ID, 60*time.Second)
+	got, err := alice.Batches.Get(ctx(t), ba.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.RequestCounts.Completed > 45 {
+		t.Errorf("alice had %d of 60 requests done when bob's 10 were: bob waited for alice's backlog", got.RequestCounts.Completed)
+	}
+	t.Logf("alice had %d of 60 done when bob's 10 were", got.RequestCounts.Completed)
 }

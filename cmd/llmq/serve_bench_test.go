@@ -1,0 +1,185 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+
+	"github.com/llmq/llmq/config"
+	"github.com/llmq/llmq/fakeupstream"
+)
+
+// Settings of the Batch API benchmark (make bench-batchapi).
+const (
+	benchRPM          = 30_000 // fake upstream limit and fleet budget, requests per minute
+	benchRequests     = 10_000 // requests in the timed batch
+	benchUploadBytes  = 200 << 20
+	benchFairAlice    = 4_000 // fair share: alice's backlog
+	benchFairBob      = 1_000 // bob's, submitted once alice's runs
+	benchWorkers      = 2
+	benchConcurrency  = "64"
+	benchFakeLatency  = 20 * time.Millisecond
+	benchPollInterval = 200 * time.Millisecond
+)
+
+// TestBenchBatchAPI measures, with the official Go SDK against `llmq serve`
+// and real workers: the serve process's peak RSS while a 200 MB file is
+// uploaded (streamed), the drain time of a 10,000-request batch against the
+// budget bound N ÷ RPM, and the share of the budget two tenants with
+// backlogs at the same time get. It runs only with LLMQ_BENCH_BATCHAPI=1.
+func TestBenchBatchAPI(t *testing.T) {
+	if os.Getenv("LLMQ_BENCH_BATCHAPI") == "" {
+		t.Skip("a benchmark: run with LLMQ_BENCH_BATCHAPI=1 (make bench-batchapi)")
+	}
+	p := newServeEnv(t, fakeupstream.Config{RPM: benchRPM, Latency: benchFakeLatency}, func(c *config.Config) {
+		c.Budgets = map[string]config.Budget{"default": {RPM: benchRPM}}
+		c.Serve.Tick = 250 * time.Millisecond
+	})
+	for range benchWorkers {
+		p.start("worker", "--concurrency", benchConcurrency)
+	}
+	pid, base := p.startServeProc()
+	alice, bob := sdk(base, aliceKey), sdk(base, bobKey)
+
+	// 1. Upload RSS: a 200 MB multipart body, streamed from a pipe.
+	before := peakRSS(t, pid)
+	t0 := time.Now()
+	id := streamUpload(t, base, aliceKey, benchUploadBytes)
+	took := time.Since(t0)
+	after := peakRSS(t, pid)
+	if _, err := alice.Files.Delete(ctx(t), id); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("upload %d MB: %.1fs; serve peak RSS %d MiB before, %d MiB after (VmHWM)", benchUploadBytes>>20, took.Seconds(), before>>10, after>>10)
+
+	// 2. A 10,000-request batch at the budget.
+	f := upload(t, alice, batchInput(benchRequests))
+	t0 = time.Now()
+	b := createBatch(t, alice, f.ID)
+	var inProgress time.Duration
+	waitFor(t, "the batch to complete", 15*time.Minute, func() bool {
+		time.Sleep(benchPollInterval)
+		got, err := alice.Batches.Get(ctx(t), b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inProgress == 0 && got.Status != openai.BatchStatusValidating {
+			inProgress = time.Since(t0)
+		}
+		b = got
+		return got.Status == openai.BatchStatusCompleted
+	})
+	drain := time.Since(t0)
+	bound := time.Duration(float64(benchRequests) / benchRPM * float64(time.Minute))
+	t.Logf("batch of %d at %d RPM: validated and enqueued in %.1fs, completed in %.1fs (counts %d/%d/%d); budget bound N/RPM %.1fs; drain/bound %.2f",
+		benchRequests, benchRPM, inProgress.Seconds(), drain.Seconds(), b.RequestCounts.Total, b.RequestCounts.Completed, b.RequestCounts.Failed,
+		bound.Seconds(), drain.Seconds()/bound.Seconds())
+
+	// 3. Fair share: alice's backlog first, bob's once alice's runs.
+	fa := upload(t, alice, batchInput(benchFairAlice))
+	fb := upload(t, bob, batchInput(benchFairBob))
+	ba := createBatch(t, alice, fa.ID)
+	waitFor(t, "alice's batch to run", time.Minute, func() bool {
+		got, err := alice.Batches.Get(ctx(t), ba.ID)
+		return err == nil && got.RequestCounts.Completed > 0
+	})
+	bb := createBatch(t, bob, fb.ID)
+	var a0, b0, a1, b1 int64
+	started := false
+	var tStart time.Time
+	waitFor(t, "bob's batch to complete", 15*time.Minute, func() bool {
+		time.Sleep(benchPollInterval)
+		ga, err := alice.Batches.Get(ctx(t), ba.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gb, err := bob.Batches.Get(ctx(t), bb.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !started && gb.Status == openai.BatchStatusInProgress {
+			started, tStart = true, time.Now()
+			a0, b0 = ga.RequestCounts.Completed, gb.RequestCounts.Completed
+		}
+		a1, b1 = ga.RequestCounts.Completed, gb.RequestCounts.Completed
+		return gb.Status == openai.BatchStatusCompleted
+	})
+	da, db := a1-a0, b1-b0
+	t.Logf("fair share: while both had backlogs (%.1fs), alice got %d requests, bob %d: bob's share %.2f (fair 0.50; first come first served 0.00)",
+		time.Since(tStart).Seconds(), da, db, float64(db)/float64(max(1, da+db)))
+	poll(t, alice, ba.ID, 15*time.Minute)
+}
+
+// streamUpload uploads n bytes of JSONL-looking text as a multipart body
+// written through a pipe, so neither side holds the file.
+func streamUpload(t *testing.T, base, key string, n int) string {
+	t.Helper()
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		fw, err := mw.CreateFormFile("file", "big.jsonl")
+		if err == nil {
+			line := []byte(strings.Repeat("x", 1023) + "\n")
+			bw := bufio.NewWriterSize(fw, 1<<16)
+			for i := 0; i < n/len(line) && err == nil; i++ {
+				_, err = bw.Write(line)
+			}
+			if err == nil {
+				err = bw.Flush()
+			}
+		}
+		if err == nil {
+			err = mw.WriteField("purpose", "batch")
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/files", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var f openai.FileObject
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("upload: %d %s", res.StatusCode, body)
+	}
+	if err := f.UnmarshalJSON(body); err != nil || f.Bytes != int64(n/1024*1024) {
+		t.Fatalf("upload: %s (%v)", body, err)
+	}
+	return f.ID
+}
+
+// peakRSS returns a process's peak resident set (VmHWM) in KiB.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	t.Fatal("no VmHWM")
+	return 0
+}
