@@ -191,5 +191,9 @@ func (a *app) limiter(rdb redis.UniversalClient) (*ratelimit.Limiter, error) {
 		budgets[model] = ratelimit.Budget{RPM: b.RPM, TPM: b.TPM, BurstTokens: b.Burst, BurstRequests: b.BurstRequests}
 	}
 	return ratelimit.New(rdb, ratelimit.Config{Prefix: a.cfg.Prefix, Account: a.cfg.Upstream.Account, Budgets: budgets,
-		MaxWait: a.cfg.BudgetMaxWait, RefundUnused: a.cfg.BudgetRefundUnused, Transit: a.cfg.BudgetTransit})
+		MaxWait: a.cfg.BudgetMaxWait, RefundUnused: a.cfg.BudgetRefundUnused, Transit: a.cfg.BudgetTransit,
+		OnProviderLimit: func(p ratelimit.ProviderLimit) {
+			a.log.Warn().Str("model", p.Model).Str("kind", p.Kind).Int64("configured", p.Configured).Int64("provider", p.Provider).
+				Msg("the provider's x-ratelimit-limit-" + p.Kind + " is below the configured budget: the fleet uses the provider's; lower budgets." + p.Model + " (or LLMQ_RPM/LLMQ_TPM) to match")
+		}})
 }

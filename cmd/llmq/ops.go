@@ -117,7 +117,7 @@ func (a *app) printBudgets(ctx context.Context, rdb redis.UniversalClient) error
 		return nil
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "BUDGET\tAPPLIES\tRPM\tTPM\tREQUESTS\tTOKENS\tCOOLDOWN")
+	fmt.Fprintln(tw, "BUDGET\tAPPLIES\tRPM\tTPM\tREQUESTS\tTOKENS\tFACTOR\tCOOLDOWN")
 	for _, model := range models {
 		b, _ := lim.Budget(model)
 		applies := model
@@ -126,15 +126,15 @@ func (a *app) printBudgets(ctx context.Context, rdb redis.UniversalClient) error
 		}
 		snap, err := lim.Usage(ctx, model)
 		if err != nil {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%v\t\t\n", model, applies, b.RPM, b.TPM, err)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%v\t\t\t\n", model, applies, b.RPM, b.TPM, err)
 			continue
 		}
 		cool := "-"
 		if !snap.CooldownUntil.IsZero() {
 			cool = "until " + snap.CooldownUntil.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", model, applies, limit(b.RPM), limit(b.TPM),
-			level(snap.Requests, snap.RequestCapacity), level(snap.Tokens, snap.TokenCapacity), cool)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%s\n", model, applies, limit(b.RPM), limit(b.TPM),
+			level(snap.Requests, snap.RequestCapacity), level(snap.Tokens, snap.TokenCapacity), snap.Factor, cool)
 	}
 	return tw.Flush()
 }
@@ -156,8 +156,9 @@ func level(avail float64, capacity int64) string {
 func (a *app) fakeUpstreamCmd() *cobra.Command {
 	var (
 		addr, faults, apiKey string
+		accounting           string
 		rpm, tpm             int64
-		latency              time.Duration
+		latency, quantum     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:         "fake-upstream",
@@ -165,7 +166,8 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 		Short:       "Serve a fake OpenAI chat-completions API (limits, headers, fault injection) for tests, demos and drills",
 		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			srv, err := fakeupstream.New(fakeupstream.Config{RPM: rpm, TPM: tpm, Latency: latency, Faults: faults, APIKey: apiKey})
+			srv, err := fakeupstream.New(fakeupstream.Config{RPM: rpm, TPM: tpm, Latency: latency, Faults: faults, APIKey: apiKey,
+				Quantum: quantum, Accounting: fakeupstream.Accounting(accounting)})
 			if err != nil {
 				return err
 			}
@@ -195,6 +197,8 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 	cmd.Flags().Int64Var(&rpm, "rpm", 0, "requests per minute enforced (0 = unlimited)")
 	cmd.Flags().Int64Var(&tpm, "tpm", 0, "tokens per minute enforced (0 = unlimited)")
 	cmd.Flags().DurationVar(&latency, "latency", 0, "added latency per request")
+	cmd.Flags().DurationVar(&quantum, "quantum", 0, "enforce the limits per this much of their rate, e.g. 1s: 60,000 RPM as 1,000 requests a second (0 = per minute)")
+	cmd.Flags().StringVar(&accounting, "accounting", string(fakeupstream.AccountTokenizer), "how TPM is charged: tokenizer, or chars (characters/4 per message + 4, + max_tokens × n)")
 	cmd.Flags().StringVar(&faults, "faults", "", "fault spec, e.g. \"503,503,200\" or \"random:500=5%,reset=2%\"")
 	cmd.Flags().StringVar(&apiKey, "api-key", "", "accept only this API key (default: any non-empty key)")
 	return cmd
