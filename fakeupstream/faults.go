@@ -61,6 +61,10 @@ const (
 	FaultOverloaded FaultKind = "overloaded"
 	// FaultAzure429 answers 429 with Azure OpenAI's body and Retry-After: 2.
 	FaultAzure429 FaultKind = "azure429"
+	// FaultEchoKey answers 200 normally but echoes the request's API key
+	// the way a careless proxy might: in x-request-id ("req_<key>") and,
+	// JSON-escaped (\u0073\u006b…), in the message content.
+	FaultEchoKey FaultKind = "echokey"
 )
 
 // namedFault reports whether kind may be named in a SPEC, and whether it
@@ -70,13 +74,13 @@ func namedFault(kind FaultKind) (ok, takesArg bool) {
 	case FaultSlow, FaultLatency, FaultRateLimit:
 		return true, true
 	case FaultHang, FaultReset, FaultMalformed, FaultTruncated, FaultQuota, FaultContext,
-		FaultNotFound, FaultPolicy, FaultRegion, FaultOverloaded, FaultAzure429:
+		FaultNotFound, FaultPolicy, FaultRegion, FaultOverloaded, FaultAzure429, FaultEchoKey:
 		return true, false
 	}
 	return false, false
 }
 
-const faultNames = "hang, reset, malformed, truncated, slow[:D], latency:D, quota, ratelimit[:D], context, notfound, policy, region, overloaded, azure429"
+const faultNames = "hang, reset, malformed, truncated, slow[:D], latency:D, quota, ratelimit[:D], context, notfound, policy, region, overloaded, azure429, echokey"
 
 // Fault is one injected behaviour. The zero Fault is a normal answer.
 type Fault struct {
@@ -120,7 +124,7 @@ func (f Fault) name() string {
 // limiter and are charged like a normal request.
 func (f Fault) isError() bool {
 	switch f.Kind {
-	case "", FaultLatency, FaultSlow, FaultMalformed, FaultTruncated:
+	case "", FaultLatency, FaultSlow, FaultMalformed, FaultTruncated, FaultEchoKey:
 		return false
 	}
 	return true
@@ -181,7 +185,8 @@ func (p FaultPlan) String() string {
 // the last one requests are answered normally. An element is a status code
 // (200 = normal, 400-599 = that status with OpenAI's real body) or a named
 // fault: hang, reset, malformed, truncated, slow[:D], latency:D, quota,
-// ratelimit[:D], context, notfound, policy, region, overloaded, azure429. A
+// ratelimit[:D], context, notfound, policy, region, overloaded, azure429,
+// echokey. A
 // suffix xN repeats it: "503x3,200" is three 503s then a 200.
 //
 // "random:" followed by name=P entries draws every request forever:
@@ -460,4 +465,15 @@ func (fs *faultState) view() faultsView {
 		v.Models[m] = c.plan.String()
 	}
 	return v
+}
+
+// echoKey makes a normal 200 answer echo key: in x-request-id, and
+// \u-escaped in every message's content.
+func echoKey(rep reply, key string) reply {
+	var esc strings.Builder
+	for _, r := range key {
+		fmt.Fprintf(&esc, `\u%04x`, r)
+	}
+	rep.body = []byte(strings.ReplaceAll(string(rep.body), `","refusal"`, ` (key `+esc.String()+`)","refusal"`))
+	return rep.with("x-request-id", "req_"+key)
 }

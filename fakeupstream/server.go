@@ -335,6 +335,11 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 	rep := reply{status: http.StatusOK, contentType: "application/json", body: b}.with("openai-model", req.Model)
 
 	switch fault.Kind {
+	case FaultEchoKey:
+		answer(echoKey(rep, requestKey(r)), v.state, extra)
+		if rec.Status == http.StatusOK {
+			s.served(comp.Usage)
+		}
 	case FaultMalformed:
 		rep.body = []byte(`{"id":"chatcmpl-x","choices":[`)
 		answer(rep, v.state, extra)
@@ -402,15 +407,18 @@ func (s *Server) writeSlowly(ctx context.Context, w http.ResponseWriter, rep rep
 	return true
 }
 
-// auth checks the API key: Authorization: Bearer, or Azure's api-key.
-func (s *Server) auth(r *http.Request, azure bool) *reply {
-	key := ""
+// requestKey is the request's API key: Authorization: Bearer, or Azure's
+// api-key.
+func requestKey(r *http.Request) string {
 	if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "Bearer ") {
-		key = strings.TrimSpace(a[7:])
+		return strings.TrimSpace(a[7:])
 	}
-	if key == "" {
-		key = strings.TrimSpace(r.Header.Get("api-key"))
-	}
+	return strings.TrimSpace(r.Header.Get("api-key"))
+}
+
+// auth checks the API key.
+func (s *Server) auth(r *http.Request, azure bool) *reply {
+	key := requestKey(r)
 	var rep reply
 	switch {
 	case key == "" && azure, s.cfg.APIKey != "" && key != s.cfg.APIKey && azure:
