@@ -120,10 +120,11 @@ type Worker struct {
 	cache   *cache.Cache
 }
 
-// Defaults of Config's zero values.
+// Defaults of Config's zero values. The prefix and account are the
+// budget's, which every package keying Redis by them shares.
 const (
-	DefaultPrefix          = "llmq"
-	DefaultAccount         = "default"
+	DefaultPrefix          = ratelimit.DefaultPrefix
+	DefaultAccount         = ratelimit.DefaultAccount
 	DefaultQueue           = "llmq"
 	DefaultConcurrency     = 16
 	DefaultShutdownTimeout = 30 * time.Second
@@ -132,8 +133,10 @@ const (
 	DefaultCallTimeout     = 10 * time.Minute
 	DefaultSaveGrace       = 30 * time.Second
 	DefaultResultTTL       = 7 * 24 * time.Hour
-	DefaultMaxTokens       = 1024
-	DefaultProbeWait       = 2 * time.Second
+	// DefaultMaxTokens is the completion estimate per choice for jobs
+	// without max_tokens (Config.DefaultMaxTokens).
+	DefaultMaxTokens = 1024
+	DefaultProbeWait = 2 * time.Second
 )
 
 // Retry delays while a result cannot be stored (Redis away), within

@@ -2,12 +2,11 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/llmq/llmq/config"
 	"github.com/llmq/llmq/fakeupstream"
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/results"
@@ -20,14 +19,10 @@ import (
 // exits 0).
 func TestSIGTERMOnLastAttemptIsNoFailure(t *testing.T) {
 	const n = 4
-	p := newProcEnv(t, fakeupstream.Config{Latency: 2 * time.Second}, "")
-	cfg := filepath.Join(t.TempDir(), "llmq.yaml")
-	yml := fmt.Sprintf("prefix: %s\nqueue: %s\nworker:\n  queues: {%s: 1}\n  poll_interval: 50ms\n  shutdown_timeout: 200ms\nretry:\n  attempts: 1\n",
-		p.env.Prefix, p.env.Queue, p.env.Queue)
-	if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.vars = append(p.vars, "LLMQ_CONFIG="+cfg) // the last value wins
+	p := newProcEnv(t, fakeupstream.Config{Latency: 2 * time.Second}, func(c *config.Config) {
+		c.Worker.ShutdownTimeout = 200 * time.Millisecond
+		c.Retry.Attempts = 1
+	})
 	if out, errOut, code := p.run(jsonl(n), "enqueue", "-", "--batch", "last"); code != 0 {
 		t.Fatalf("enqueue: %d %s %s", code, out, errOut)
 	}
