@@ -6,6 +6,7 @@
 package results
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -32,20 +34,24 @@ var countLua string
 //go:embed register.lua
 var registerLua string
 
+//go:embed unregister.lua
+var unregisterLua string
+
 // Store reads and writes result records. It is safe for concurrent use.
 type Store struct {
-	rdb      redis.UniversalClient
-	prefix   string
-	ttl      time.Duration
-	save     *redis.Script
-	count    *redis.Script
-	register *redis.Script
+	rdb        redis.UniversalClient
+	prefix     string
+	ttl        time.Duration
+	save       *redis.Script
+	count      *redis.Script
+	register   *redis.Script
+	unregister *redis.Script
 }
 
 // NewStore returns a Store whose keys start with prefix and expire after ttl.
 func NewStore(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Store {
 	return &Store{rdb: rdb, prefix: prefix, ttl: ttl, save: redis.NewScript(saveLua), count: redis.NewScript(countLua),
-		register: redis.NewScript(registerLua)}
+		register: redis.NewScript(registerLua), unregister: redis.NewScript(unregisterLua)}
 }
 
 func (s *Store) resultKey(jobID string) string  { return s.prefix + ":result:" + jobID }
@@ -78,6 +84,7 @@ func (s *Store) Save(ctx context.Context, r *jobs.Result) (Transition, error) {
 	if err != nil {
 		return "", fmt.Errorf("save result %q: encode: %w", r.JobID, err)
 	}
+	b = validUTF8(b)
 	if r.Status == jobs.StatusSucceeded && r.BatchID != "" {
 		if t, ok, err := s.saveSucceeded(ctx, r, b); ok {
 			return t, err
@@ -126,6 +133,18 @@ func parseTransition(s string) Transition {
 	return Transition(s)
 }
 
+// validUTF8 returns a JSON record with any invalid UTF-8 replaced by
+// U+FFFD. encoding/json coerces strings but copies a json.RawMessage (a
+// response body) byte for byte; in valid JSON such bytes can only sit in
+// strings, so the record stays the same JSON. Records are stored and read
+// through it, so an export is always valid UTF-8 JSON lines.
+func validUTF8(b []byte) []byte {
+	if utf8.Valid(b) {
+		return b
+	}
+	return bytes.ToValidUTF8(b, []byte("\uFFFD"))
+}
+
 // Get returns the stored result of a job, or ErrNotFound.
 func (s *Store) Get(ctx context.Context, jobID string) (*jobs.Result, error) {
 	b, err := s.rdb.Get(ctx, s.resultKey(jobID)).Bytes()
@@ -136,7 +155,7 @@ func (s *Store) Get(ctx context.Context, jobID string) (*jobs.Result, error) {
 		return nil, fmt.Errorf("read result %q: %w", jobID, err)
 	}
 	var r jobs.Result
-	if err := json.Unmarshal(b, &r); err != nil {
+	if err := json.Unmarshal(validUTF8(b), &r); err != nil {
 		return nil, fmt.Errorf("decode result %q: %w", jobID, err)
 	}
 	return &r, nil
@@ -220,7 +239,7 @@ func (s *Store) Export(ctx context.Context, batchID string, fn func(jobID string
 			var r *jobs.Result
 			if v != "" {
 				r = &jobs.Result{}
-				if err := json.Unmarshal([]byte(v), r); err != nil {
+				if err := json.Unmarshal(validUTF8([]byte(v)), r); err != nil {
 					return fmt.Errorf("export batch %q: decode result %q: %w", batchID, ids[i], err)
 				}
 			}
@@ -251,4 +270,20 @@ func (s *Store) mget(ctx context.Context, keys []string) ([]string, error) {
 		out[i] = v
 	}
 	return out, nil
+}
+
+// RemoveFromBatch takes jobs out of a batch's index (they turned out to
+// belong to another batch) and shrinks its total by the number removed.
+func (s *Store) RemoveFromBatch(ctx context.Context, batchID string, jobIDs []string) error {
+	if len(jobIDs) == 0 {
+		return nil
+	}
+	args := make([]any, len(jobIDs))
+	for i, id := range jobIDs {
+		args[i] = id
+	}
+	if err := s.unregister.Run(ctx, s.rdb, []string{s.batchKey(batchID), s.batchJobsKey(batchID)}, args...).Err(); err != nil {
+		return fmt.Errorf("remove %d jobs from batch %q: %w", len(jobIDs), batchID, err)
+	}
+	return nil
 }

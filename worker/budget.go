@@ -45,20 +45,29 @@ func (w *Worker) acquire(ctx context.Context, a *attempt, tier int, model string
 }
 
 // reconcile tells the budget what the call really cost and what the server
-// says is left.
+// says is left. A call without a completion (a 429, an error answer, no
+// answer) was not charged by the provider: its error's x-ratelimit-*
+// headers are still the provider's view.
 func (w *Worker) reconcile(ctx context.Context, grant *ratelimit.Reservation, call tierCall) {
 	if grant == nil {
 		return
 	}
 	actual := int64(-1) // unknown: nothing is refunded
 	view := ratelimit.NoServerView()
+	g := *grant
 	if call.resp != nil {
 		if call.resp.Usage.TotalTokens > 0 {
 			actual = int64(call.resp.Usage.TotalTokens)
 		}
 		view = serverView(call.resp.RateLimit)
+	} else {
+		g = g.Refused()
+		var ue *upstream.Error
+		if errors.As(call.err, &ue) {
+			view = serverView(ue.RateLimit)
+		}
 	}
-	if err := w.cfg.Limiter.Reconcile(ctx, *grant, actual, view); err != nil {
+	if err := w.cfg.Limiter.Reconcile(ctx, g, actual, view); err != nil {
 		w.log.Warn().Err(err).Msg("budget reconcile failed")
 	}
 }
@@ -78,15 +87,8 @@ func (w *Worker) rateLimited(ctx context.Context, model string, call tierCall) *
 		if err := l.Cooldown(ctx, model, w.now().Add(delay)); err != nil {
 			w.log.Warn().Err(err).Msg("set fleet cooldown failed")
 		}
-		// The 429's x-ratelimit-remaining-* are the server's view: adopt
-		// them for the fleet when stricter (a refused call is not charged,
-		// so nothing is refunded either).
-		var ue *upstream.Error
-		if errors.As(call.err, &ue) && ue.RateLimit.Known() {
-			if err := l.Reconcile(ctx, ratelimit.Reservation{Model: model}, -1, serverView(ue.RateLimit)); err != nil {
-				w.log.Warn().Err(err).Msg("budget reconcile after 429 failed")
-			}
-		}
+		// The 429's x-ratelimit-* headers were reconciled with the call's
+		// reservation already (reconcile).
 	}
 	return snoozeFor(delay, "rate_limited: "+call.pv.Reason)
 }
@@ -96,5 +98,5 @@ const rateLimitBackoffStep = 2
 
 func serverView(rl upstream.RateLimit) ratelimit.ServerView {
 	return ratelimit.ServerView{RemainingRequests: rl.RemainingRequests, RemainingTokens: rl.RemainingTokens,
-		ResetRequests: rl.ResetRequests, ResetTokens: rl.ResetTokens}
+		ResetRequests: rl.ResetRequests, ResetTokens: rl.ResetTokens, LimitRequests: rl.LimitRequests, LimitTokens: rl.LimitTokens}
 }
