@@ -26,6 +26,7 @@ import (
 	"github.com/llmq/llmq/ratelimit"
 	"github.com/llmq/llmq/redisconn"
 	"github.com/llmq/llmq/upstream"
+	"github.com/llmq/llmq/worker"
 )
 
 // Config is the whole of llmq's configuration.
@@ -232,28 +233,28 @@ const (
 	// DefaultPrefix namespaces llmq's own Redis keys.
 	DefaultPrefix = ratelimit.DefaultPrefix
 	// DefaultQueue is the asynq queue jobs go to and workers drain.
-	DefaultQueue = "llmq"
+	DefaultQueue = worker.DefaultQueue
 	// DefaultBudget is the Budgets key for models without their own entry.
 	DefaultBudget = ratelimit.DefaultModel
 	// DefaultConcurrency is how many jobs a worker process runs at once.
-	DefaultConcurrency = 16
+	DefaultConcurrency = worker.DefaultConcurrency
 	// DefaultShutdownTimeout is how long a stopping worker waits for jobs
 	// in flight.
-	DefaultShutdownTimeout = 30 * time.Second
+	DefaultShutdownTimeout = worker.DefaultShutdownTimeout
 	// DefaultPollInterval is asynq's delayed-task check.
-	DefaultPollInterval = time.Second
+	DefaultPollInterval = worker.DefaultPollInterval
 	// DefaultHoldRecheck is how long held jobs wait before looking again.
-	DefaultHoldRecheck = 30 * time.Second
+	DefaultHoldRecheck = worker.DefaultHoldRecheck
 	// DefaultCallTimeout bounds one upstream call, body included.
-	DefaultCallTimeout = 10 * time.Minute
+	DefaultCallTimeout = worker.DefaultCallTimeout
 	// DefaultMetricsAddr is where a worker serves /metrics and /healthz.
 	DefaultMetricsAddr = ":9464"
 	// DefaultResultTTL is how long result records are kept.
-	DefaultResultTTL = 7 * 24 * time.Hour
+	DefaultResultTTL = worker.DefaultResultTTL
 	// DefaultRetention is how long asynq keeps completed tasks.
 	DefaultRetention = 24 * time.Hour
 	// DefaultMaxTokens is charged per choice for jobs without max_tokens.
-	DefaultMaxTokens = 1024
+	DefaultMaxTokens = worker.DefaultMaxTokens
 	// DefaultBudgetTransit is the budget's headroom for calls in flight.
 	DefaultBudgetTransit = 100 * time.Millisecond
 	// DefaultLogLevel and DefaultEnvironment label the logs.
