@@ -255,6 +255,10 @@ func (w *Worker) call(ctx context.Context, r *run, model string, tier int, body 
 		Str("class", v.Class).Str("outcome", string(v.Outcome))
 	if resp != nil {
 		ev = ev.Int("status", resp.StatusCode).Str("request_id", resp.RequestID)
+		if resp.UsageErr != nil {
+			// The answer is kept; the budget keeps its estimate.
+			ev = ev.Str("usage_error", resp.UsageErr.Error())
+		}
 	}
 	var ue *upstream.Error
 	if errors.As(err, &ue) {
@@ -436,6 +440,7 @@ func (w *Worker) saveFailure(ctx context.Context, r *run, v policy.Verdict, resp
 	w.cfg.Metrics.DeadLetter(v.Class)
 	if t != results.Kept {
 		w.writeTaskResult(r, res)
+		w.keepDeadLetter(ctx, r.task, r.job.ID, r.attempt, v.Reason)
 	}
 	return nil
 }
