@@ -24,7 +24,7 @@ test: redis
 REDIS_HA_PKGS = ./ratelimit ./breaker ./hold ./results ./cache ./producer ./metrics ./worker
 test-redis-ha:
 	go run ./cmd/redistopo cluster -- go test -count=1 $(REDIS_HA_PKGS)
-	go run ./cmd/redistopo sentinel -- go test -count=1 ./producer ./results ./worker
+	go run ./cmd/redistopo sentinel -- go test -count=1 ./producer ./results ./hold
 
 lint:
 	go vet ./...
