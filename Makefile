@@ -4,7 +4,7 @@ BUILD   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.build=$(BUILD)
 BIN     := bin/llmq
 
-.PHONY: build demo test test-redis-ha lint bench bench-enqueue bench-e2e bench-budget bench-outage bench-redis redis fuzz drill clean
+.PHONY: build demo test test-redis-ha lint bench bench-enqueue bench-e2e bench-budget bench-outage bench-overhead bench-redis redis fuzz drill clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/llmq
@@ -55,7 +55,12 @@ bench-budget: build redis
 bench-outage: build redis
 	go run ./drill/cmd/drill -bin $(BIN) -size long -run '^outage$$'
 
-## bench-redis: jobs/s on one Redis vs a 3-master cluster, 1 and 6 queues, with Redis CPU per job
+## bench-overhead: per-job cost of `llmq worker` (no budget) against a plain asynq handler
+## doing the same call and one SET, side by side: rates, ratio, CPU and Redis commands per job
+bench-overhead: build
+	go run ./bench/overhead -bin $(BIN)
+
+## bench-redis: jobs/s on one Redis vs a 3-master cluster, 1, 3 and 6 queues, with Redis CPU per job
 bench-redis:
 	go run ./bench/redisha -jobs 6000 -queues 1,3,6
 
