@@ -127,6 +127,9 @@ func TestEnqueueStreamsItsInput(t *testing.T) {
 	}
 	rss := ru.Maxrss << 10 // KiB on Linux
 	t.Logf("input %d MiB, enqueue peak RSS %d MiB", size>>20, rss>>20)
+	if raceEnabled {
+		t.Skip("under -race runs the peak varied (155 MiB seen once on a loaded machine): the bound is checked without -race")
+	}
 	if limit := size/2 + 32<<20; rss > limit {
 		t.Fatalf("enqueue peak RSS %d MiB for a %d MiB input, want under %d MiB: it must stream", rss>>20, size>>20, limit>>20)
 	}
