@@ -7,7 +7,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/metrics"
 	"github.com/llmq/llmq/policy"
 	"github.com/llmq/llmq/upstream"
@@ -150,12 +149,11 @@ func (a *app) runWorker(cmd *cobra.Command) error {
 		DefaultMaxTokens: a.cfg.Estimate.DefaultMaxTokens,
 		Log:              a.log,
 		Metrics:          m,
-		Breaker: breaker.Config{Failures: a.cfg.Breaker.Failures, Window: a.cfg.Breaker.Window, Open: a.cfg.Breaker.Open,
-			PerProcess: a.cfg.Breaker.PerProcess},
-		Fallbacks:      a.cfg.Fallbacks,
-		CacheTTL:       a.cfg.Cache.TTL,
-		StaticResponse: a.cfg.StaticResponse.Text,
-		StaticForAll:   a.cfg.StaticResponse.AllJobs,
+		Breaker:          breakerConfig(a.cfg.Breaker),
+		Fallbacks:        a.cfg.Fallbacks,
+		CacheTTL:         a.cfg.Cache.TTL,
+		StaticResponse:   a.cfg.StaticResponse.Text,
+		StaticForAll:     a.cfg.StaticResponse.AllJobs,
 	})
 	if err != nil {
 		return err
