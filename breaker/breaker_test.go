@@ -143,7 +143,6 @@ func TestTransitions(t *testing.T) {
 	}
 }
 
-// The window rolls: a failure leaves it exactly Window after it happened,
 // The failure rate is counted over a rolling window: calls leave it a
 // bucket (1 s) at a time, exactly Window after they were allowed, and the
 // rate opens the breaker only with MinCalls calls in the window.

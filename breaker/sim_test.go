@@ -87,7 +87,7 @@ func simulate(t testing.TB, env *llmqtest.Env, seed uint64, tr traffic, d time.D
 	model := fmt.Sprintf("sim-%d-%s", seed, llmqtest.Suffix()) // fresh state per run
 	var bs []*breaker.Breaker
 	for range max(tr.processes, 1) {
-		rdb := redis.NewClient(&redis.Options{Addr: env.Addr})
+		rdb := env.NewClient()
 		rdb.AddHook(countCmds{&cmds})
 		t.Cleanup(func() { rdb.Close() })
 		cfg := breaker.Config{Prefix: env.Prefix, Now: clk.Now, OnTransition: func(_ string, from, to breaker.State) {
@@ -209,7 +209,7 @@ func TestSuccessPathCost(t *testing.T) {
 	env := llmqtest.Redis(t)
 	clk := newClock()
 	var cmds atomic.Int64
-	rdb := redis.NewClient(&redis.Options{Addr: env.Addr})
+	rdb := env.NewClient()
 	rdb.AddHook(countCmds{&cmds})
 	t.Cleanup(func() { rdb.Close() })
 	b, err := breaker.New(rdb, breaker.Config{Prefix: env.Prefix, Now: clk.Now})
