@@ -53,6 +53,11 @@ const (
 	ClassConflict       = "conflict"
 	ClassCanceled       = "canceled"
 	ClassUnknown        = "unknown"
+	// Classes the worker gives a job's final failure when no upstream answer
+	// decided it.
+	ClassInvalidPayload = "invalid_payload" // the task payload cannot be run
+	ClassDeadline       = "deadline"        // the job's deadline passed
+	ClassExhausted      = "exhausted"       // asynq's own retry count ran out
 )
 
 // Verdict is the failure policy's decision about one upstream call.
