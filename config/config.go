@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/llmq/llmq/upstream"
 )
 
 // Config is the whole of llmq's configuration.
@@ -77,6 +79,16 @@ type Upstream struct {
 	Account               string        `yaml:"account"`
 	ConnectTimeout        time.Duration `yaml:"connect_timeout"`
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	// FirstByteTimeout bounds, for a streamed call, the wait for the
+	// headers and then the first event.
+	FirstByteTimeout time.Duration `yaml:"first_byte_timeout"`
+	// IdleTimeout bounds the silence between two events of a stream.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// Stream makes upstream calls stream and assembles the answer (default
+	// true); false for a provider without streaming.
+	Stream bool `yaml:"stream"`
+	// NoStreamModels lists models called without streaming.
+	NoStreamModels []string `yaml:"no_stream_models"`
 	// CallTimeout bounds one upstream call, body included.
 	CallTimeout time.Duration `yaml:"call_timeout"`
 	// AzureAPIVersion, when set, switches to Azure OpenAI: deployment URLs
@@ -184,6 +196,9 @@ func Default() Config {
 			Account:               "default",
 			ConnectTimeout:        5 * time.Second,
 			ResponseHeaderTimeout: 15 * time.Second,
+			FirstByteTimeout:      upstream.DefaultFirstByteTimeout,
+			IdleTimeout:           upstream.DefaultIdleTimeout,
+			Stream:                true,
 			CallTimeout:           10 * time.Minute,
 		},
 		Worker: Worker{
@@ -308,6 +323,7 @@ func (c *Config) Validate() error {
 	}
 	for field, d := range map[string]time.Duration{
 		"upstream.connect_timeout": c.Upstream.ConnectTimeout, "upstream.response_header_timeout": c.Upstream.ResponseHeaderTimeout,
+		"upstream.first_byte_timeout": c.Upstream.FirstByteTimeout, "upstream.idle_timeout": c.Upstream.IdleTimeout,
 		"upstream.call_timeout": c.Upstream.CallTimeout, "retry.base": c.Retry.Base, "retry.cap": c.Retry.Cap,
 		"retry.retry_after_cap": c.Retry.RetryAfterCap, "worker.shutdown_timeout": c.Worker.ShutdownTimeout,
 		"worker.poll_interval": c.Worker.PollInterval, "worker.hold_recheck": c.Worker.HoldRecheck,

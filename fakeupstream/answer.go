@@ -112,7 +112,7 @@ func (s *Server) buildAnswer(req *jobs.Request, opts wireOptions, fault Fault, i
 			r := refusalText
 			c.Message.Refusal = &r
 			if a.logprobs {
-				c.Logprobs = mustMarshal(map[string]any{"content": nil, "refusal": logprobsOf(pieces(r))})
+				c.Logprobs = mustMarshal(map[string]any{"content": nil, "refusal": logprobsOf(tokensOf(r, perChoice))})
 			}
 		case callsTool:
 			args, _ := json.Marshal(map[string]string{"text": text})
@@ -126,7 +126,7 @@ func (s *Server) buildAnswer(req *jobs.Request, opts wireOptions, fault Fault, i
 			}
 			c.Message.Content = &content
 			if a.logprobs {
-				c.Logprobs = mustMarshal(map[string]any{"content": logprobsOf(pieces(content)), "refusal": nil})
+				c.Logprobs = mustMarshal(map[string]any{"content": logprobsOf(tokensOf(content, perChoice)), "refusal": nil})
 			}
 		}
 		if a.extras {
@@ -184,11 +184,11 @@ func (a *answer) events() [][]chunkChoice {
 			}
 			evs = append(evs, chunkChoice{Index: i, Delta: delta, Logprobs: lp})
 		}
-		for _, p := range pieces(m.ReasoningContent) {
+		for _, p := range pieces(m.ReasoningContent) { // not counted in the pace
 			add(map[string]any{extraReasoning: p}, nil)
 		}
 		if m.Content != nil {
-			ps := pieces(*m.Content)
+			ps := tokensOf(*m.Content, a.tokens)
 			lps := logprobsOf(ps)
 			for j, p := range ps {
 				var lp json.RawMessage
@@ -199,7 +199,7 @@ func (a *answer) events() [][]chunkChoice {
 			}
 		}
 		if m.Refusal != nil {
-			ps := pieces(*m.Refusal)
+			ps := tokensOf(*m.Refusal, a.tokens)
 			lps := logprobsOf(ps)
 			for j, p := range ps {
 				var lp json.RawMessage
@@ -212,7 +212,7 @@ func (a *answer) events() [][]chunkChoice {
 		for j, tc := range m.ToolCalls {
 			add(map[string]any{"tool_calls": []any{map[string]any{"index": j, "id": tc.ID, "type": tc.Type,
 				"function": map[string]any{"name": tc.Function.Name, "arguments": ""}}}}, nil)
-			for _, frag := range fragments(tc.Function.Arguments, 6) {
+			for _, frag := range tokensOf(tc.Function.Arguments, a.tokens) {
 				add(map[string]any{"tool_calls": []any{map[string]any{"index": j, "function": map[string]any{"arguments": frag}}}}, nil)
 			}
 		}
@@ -244,6 +244,28 @@ func (a *answer) usageChunk() []byte {
 	return b
 }
 
+// tokensOf splits text into the tokens the answer streams and reports
+// logprobs for: words, the longest split in halves until there are n (the
+// completion tokens of a choice), so a stream's pace follows its token count.
+func tokensOf(text string, n int) []string {
+	ps := pieces(text)
+	for len(ps) < n {
+		longest := 0
+		for i, p := range ps {
+			if len([]rune(p)) > len([]rune(ps[longest])) {
+				longest = i
+			}
+		}
+		r := []rune(ps[longest])
+		if len(r) < 2 {
+			break
+		}
+		half := len(r) / 2
+		ps = append(ps[:longest], append([]string{string(r[:half]), string(r[half:])}, ps[longest+1:]...)...)
+	}
+	return ps
+}
+
 // pieces splits text into word tokens, each but the first with its leading
 // space, the way a tokenizer streams it.
 func pieces(text string) []string {
@@ -257,16 +279,6 @@ func pieces(text string) []string {
 	}
 	if start < len(text) {
 		out = append(out, text[start:])
-	}
-	return out
-}
-
-// fragments cuts s into pieces of at most n bytes, on rune boundaries.
-func fragments(s string, n int) []string {
-	var out []string
-	r := []rune(s)
-	for i := 0; i < len(r); i += n {
-		out = append(out, string(r[i:min(i+n, len(r))]))
 	}
 	return out
 }

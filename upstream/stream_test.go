@@ -257,6 +257,11 @@ func TestStreamFaults(t *testing.T) {
 	_, url := startFake(t, fakeupstream.Config{})
 	fast := newClient(t, Config{BaseURL: url, FirstByteTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
 	body := []byte(`{"model":"gpt-4o","messages":[{"role":"user","content":"one two three four five six seven eight"}]}`)
+	// The fake loads its tokenizer on its first request (about a second
+	// under -race): load it before timing anything.
+	if _, err := newClient(t, Config{BaseURL: url}).Chat(t.Context(), body); err != nil {
+		t.Fatalf("warm-up: %v", err)
+	}
 
 	t.Run("stall", func(t *testing.T) {
 		start := time.Now()

@@ -112,14 +112,16 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 	var (
 		addr, faults, apiKey string
 		rpm, tpm             int64
-		latency              time.Duration
+		latency, generation  time.Duration
+		tokensPerSecond      float64
 	)
 	cmd := &cobra.Command{
 		Use:   "fake-upstream",
 		Short: "Serve a fake OpenAI chat-completions API (limits, headers, fault injection) for tests, demos and drills",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			srv, err := fakeupstream.New(fakeupstream.Config{RPM: rpm, TPM: tpm, Latency: latency, Faults: faults, APIKey: apiKey})
+			srv, err := fakeupstream.New(fakeupstream.Config{RPM: rpm, TPM: tpm, Latency: latency, Faults: faults, APIKey: apiKey,
+				GenerationTime: generation, TokensPerSecond: tokensPerSecond})
 			if err != nil {
 				return err
 			}
@@ -149,6 +151,8 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 	cmd.Flags().Int64Var(&rpm, "rpm", 0, "requests per minute enforced (0 = unlimited)")
 	cmd.Flags().Int64Var(&tpm, "tpm", 0, "tokens per minute enforced (0 = unlimited)")
 	cmd.Flags().DurationVar(&latency, "latency", 0, "added latency per request")
+	cmd.Flags().DurationVar(&generation, "generation-time", 0, "time every answer takes to generate (streamed: spread over the stream; plain: before the headers)")
+	cmd.Flags().Float64Var(&tokensPerSecond, "tokens-per-second", 0, "generation speed when --generation-time is 0 (0 = instant)")
 	cmd.Flags().StringVar(&faults, "faults", "", "fault spec, e.g. \"503,503,200\" or \"random:500=5%,reset=2%\"")
 	cmd.Flags().StringVar(&apiKey, "api-key", "", "accept only this API key (default: any non-empty key)")
 	return cmd
