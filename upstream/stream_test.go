@@ -294,12 +294,15 @@ func TestStreamFaults(t *testing.T) {
 		})
 	}
 	t.Run("generation longer than the first-byte timeout", func(t *testing.T) {
-		resp, err := withFaults(fast, "generate:1500ms").Chat(t.Context(), body)
+		// 13 tokens over 3 s: one every ~230 ms, a quarter of the idle
+		// timeout, while the whole answer takes three first-byte timeouts.
+		steady := newClient(t, Config{BaseURL: url, FirstByteTimeout: time.Second, IdleTimeout: time.Second})
+		resp, err := withFaults(steady, "generate:3s").Chat(t.Context(), body)
 		if err != nil || !resp.Streamed {
-			t.Fatalf("streamed 1.5 s answer: %v", err)
+			t.Fatalf("streamed 3 s answer: %v", err)
 		}
-		plain := newClient(t, Config{BaseURL: url, ResponseHeaderTimeout: 300 * time.Millisecond, DisableStream: true})
-		_, err = withFaults(plain, "generate:1500ms").Chat(t.Context(), body)
+		plain := newClient(t, Config{BaseURL: url, ResponseHeaderTimeout: time.Second, DisableStream: true})
+		_, err = withFaults(plain, "generate:3s").Chat(t.Context(), body)
 		assertKind(t, err, KindHeaderTimeout, "await response")
 	})
 }

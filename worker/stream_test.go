@@ -16,12 +16,12 @@ import (
 // Short stand-ins for the 15 s first-byte and idle timeouts: an answer that
 // takes longStreamGeneration is "a 25 s answer" against them.
 const (
-	shortFirstByte       = 500 * time.Millisecond
-	longStreamGeneration = 2500 * time.Millisecond
+	shortFirstByte       = 800 * time.Millisecond
+	longStreamGeneration = 3 * time.Second
 )
 
 // longQuestion makes the fake answer with 16 tokens (max_tokens), streamed
-// one every ~150 ms over longStreamGeneration.
+// one every ~190 ms over longStreamGeneration.
 const longQuestion = "please write a long and careful answer about the sea and the sky today"
 
 // warm sends one request to the fake, so its tokenizer is loaded before a
