@@ -11,11 +11,17 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/llmq/llmq/breaker"
+	"github.com/llmq/llmq/cache"
+	"github.com/llmq/llmq/policy"
+	"github.com/llmq/llmq/ratelimit"
 	"github.com/llmq/llmq/upstream"
 )
 
@@ -185,43 +191,78 @@ type Log struct {
 	Environment string `yaml:"environment"`
 }
 
-// Default returns the defaults of DESIGN.md.
+// Defaults that belong to the configuration itself; the others are the
+// named defaults of the packages that own them.
+const (
+	// DefaultRedisURL is where Redis is looked for.
+	DefaultRedisURL = "redis://127.0.0.1:6379/0"
+	// DefaultPrefix namespaces llmq's own Redis keys.
+	DefaultPrefix = ratelimit.DefaultPrefix
+	// DefaultQueue is the asynq queue jobs go to and workers drain.
+	DefaultQueue = "llmq"
+	// DefaultBudget is the Budgets key for models without their own entry.
+	DefaultBudget = ratelimit.DefaultModel
+	// DefaultConcurrency is how many jobs a worker process runs at once.
+	DefaultConcurrency = 16
+	// DefaultShutdownTimeout is how long a stopping worker waits for jobs
+	// in flight.
+	DefaultShutdownTimeout = 30 * time.Second
+	// DefaultPollInterval is asynq's delayed-task check.
+	DefaultPollInterval = time.Second
+	// DefaultHoldRecheck is how long held jobs wait before looking again.
+	DefaultHoldRecheck = 30 * time.Second
+	// DefaultCallTimeout bounds one upstream call, body included.
+	DefaultCallTimeout = 10 * time.Minute
+	// DefaultMetricsAddr is where a worker serves /metrics and /healthz.
+	DefaultMetricsAddr = ":9464"
+	// DefaultResultTTL is how long result records are kept.
+	DefaultResultTTL = 7 * 24 * time.Hour
+	// DefaultRetention is how long asynq keeps completed tasks.
+	DefaultRetention = 24 * time.Hour
+	// DefaultMaxTokens is charged per choice for jobs without max_tokens.
+	DefaultMaxTokens = 1024
+	// DefaultBudgetTransit is the budget's headroom for calls in flight.
+	DefaultBudgetTransit = 100 * time.Millisecond
+	// DefaultLogLevel and DefaultEnvironment label the logs.
+	DefaultLogLevel    = "info"
+	DefaultEnvironment = "dev"
+)
+
+// Default returns the defaults of DESIGN.md, from the named defaults of the
+// packages that own them.
 func Default() Config {
 	return Config{
-		RedisURL: "redis://127.0.0.1:6379/0",
-		Prefix:   "llmq",
-		Queue:    "llmq",
+		RedisURL: DefaultRedisURL,
+		Prefix:   DefaultPrefix,
+		Queue:    DefaultQueue,
 		Upstream: Upstream{
-			BaseURL:               "https://api.openai.com/v1",
-			Account:               "default",
-			ConnectTimeout:        5 * time.Second,
-			ResponseHeaderTimeout: 15 * time.Second,
+			BaseURL:               upstream.DefaultBaseURL,
+			Account:               ratelimit.DefaultAccount,
+			ConnectTimeout:        upstream.DefaultConnectTimeout,
+			ResponseHeaderTimeout: upstream.DefaultResponseHeaderTimeout,
 			FirstByteTimeout:      upstream.DefaultFirstByteTimeout,
 			IdleTimeout:           upstream.DefaultIdleTimeout,
 			Stream:                true,
-			CallTimeout:           10 * time.Minute,
+			CallTimeout:           DefaultCallTimeout,
 		},
 		Worker: Worker{
-			Concurrency:     16,
-			Queues:          map[string]int{"llmq": 1},
-			ShutdownTimeout: 30 * time.Second,
-			PollInterval:    time.Second,
-			HoldRecheck:     30 * time.Second,
-			MetricsAddr:     ":9464",
+			Concurrency:     DefaultConcurrency,
+			Queues:          map[string]int{DefaultQueue: 1},
+			ShutdownTimeout: DefaultShutdownTimeout,
+			PollInterval:    DefaultPollInterval,
+			HoldRecheck:     DefaultHoldRecheck,
+			MetricsAddr:     DefaultMetricsAddr,
 		},
-		Retry:    Retry{Attempts: 5, Base: time.Second, Cap: 60 * time.Second, RetryAfterCap: 120 * time.Second},
-		Budgets:  map[string]Budget{"default": {}},
-		Breaker:  Breaker{Failures: 5, Window: 60 * time.Second, Open: 30 * time.Second},
-		Results:  Results{TTL: 7 * 24 * time.Hour, Retention: 24 * time.Hour},
-		Estimate: Estimate{DefaultMaxTokens: 1024},
-		Log:      Log{Level: "info", Environment: "dev"},
-
-		// BudgetMaxWait matches ratelimit.DefaultMaxWait.
-		BudgetMaxWait: 5 * time.Second,
-		BudgetTransit: 100 * time.Millisecond,
-
-		// Cached responses live a day (cache.DefaultTTL).
-		Cache: Cache{TTL: 24 * time.Hour},
+		Retry: Retry{Attempts: policy.DefaultAttempts, Base: policy.DefaultBase, Cap: policy.DefaultCap,
+			RetryAfterCap: policy.DefaultRetryAfterCap},
+		Budgets:       map[string]Budget{DefaultBudget: {}},
+		Breaker:       Breaker{Failures: breaker.DefaultFailures, Window: breaker.DefaultWindow, Open: breaker.DefaultOpen},
+		Results:       Results{TTL: DefaultResultTTL, Retention: DefaultRetention},
+		Estimate:      Estimate{DefaultMaxTokens: DefaultMaxTokens},
+		Log:           Log{Level: DefaultLogLevel, Environment: DefaultEnvironment},
+		BudgetMaxWait: ratelimit.DefaultMaxWait,
+		BudgetTransit: DefaultBudgetTransit,
+		Cache:         Cache{TTL: cache.DefaultTTL},
 	}
 }
 
@@ -242,16 +283,68 @@ func Load(getenv func(string) string) (Config, error) {
 	if err := c.applyEnv(getenv); err != nil {
 		return c, err
 	}
+	if _, ok := c.Budgets[DefaultBudget]; !ok {
+		// Models without a budget of their own are unlimited unless the
+		// file sets a default one; say so in the effective configuration.
+		if c.Budgets == nil {
+			c.Budgets = map[string]Budget{}
+		}
+		c.Budgets[DefaultBudget] = Budget{}
+	}
 	return c, c.Validate()
 }
 
+// decodeYAML overlays the YAML document in r on c. A map or list the
+// document sets replaces c's (the default) whole: yaml.v3 would merge a
+// map into the one already there, so `worker.queues: {demo: 1}` would
+// serve the default queue too.
 func (c *Config) decodeYAML(r io.Reader) error {
-	dec := yaml.NewDecoder(r)
+	src, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(src, &doc); err != nil {
+		return err
+	}
+	if len(doc.Content) == 0 {
+		return nil // an empty file
+	}
+	clearCollections(doc.Content[0], reflect.ValueOf(c).Elem())
+	dec := yaml.NewDecoder(bytes.NewReader(src))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
 	return nil
+}
+
+// clearCollections zeroes every map and slice field of the struct v that
+// the YAML mapping node sets, recursing into nested structs, so decoding
+// replaces them instead of merging into them.
+func clearCollections(node *yaml.Node, v reflect.Value) {
+	if node.Kind != yaml.MappingNode || v.Kind() != reflect.Struct {
+		return
+	}
+	fields := make(map[string]reflect.Value, v.NumField())
+	for i := range v.NumField() {
+		name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
+		if name != "" && name != "-" {
+			fields[name] = v.Field(i)
+		}
+	}
+	for i := 0; i+1 < len(node.Content); i += 2 {
+		f, ok := fields[node.Content[i].Value]
+		if !ok {
+			continue // KnownFields reports it
+		}
+		switch f.Kind() {
+		case reflect.Map, reflect.Slice:
+			f.Set(reflect.Zero(f.Type()))
+		case reflect.Struct:
+			clearCollections(node.Content[i+1], f)
+		}
+	}
 }
 
 func (c *Config) applyEnv(getenv func(string) string) error {
@@ -282,9 +375,9 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 		if c.Budgets == nil {
 			c.Budgets = map[string]Budget{}
 		}
-		b := c.Budgets["default"]
+		b := c.Budgets[DefaultBudget]
 		*e.dst(&b) = n
-		c.Budgets["default"] = b
+		c.Budgets[DefaultBudget] = b
 	}
 	return nil
 }
@@ -296,10 +389,10 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
 	}
 	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		bad("redis_url", "must be a redis:// or rediss:// URL, got %q", c.RedisURL)
+		bad("redis_url", "must be a redis:// or rediss:// URL, got %q", RedactURL(c.RedisURL))
 	}
 	if u, err := url.Parse(c.Upstream.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		bad("upstream.base_url", "must be an http(s) URL such as https://api.openai.com/v1, got %q", c.Upstream.BaseURL)
+		bad("upstream.base_url", "must be an http(s) URL such as %s, got %q", upstream.DefaultBaseURL, RedactURL(c.Upstream.BaseURL))
 	}
 	if c.Prefix == "" {
 		bad("prefix", "must not be empty")
@@ -365,8 +458,10 @@ func (c *Config) Validate() error {
 }
 
 // Print writes the effective configuration as YAML, with the API key
-// masked, and where the key comes from.
+// masked, and where the key comes from; URLs show no password.
 func (c Config) Print(w io.Writer) error {
+	c.RedisURL = RedactURL(c.RedisURL)
+	c.Upstream.BaseURL = RedactURL(c.Upstream.BaseURL)
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
@@ -383,6 +478,39 @@ func (c Config) Print(w io.Writer) error {
 	fmt.Fprintf(&buf, "# api key: %s\n", key)
 	_, err := w.Write(buf.Bytes())
 	return err
+}
+
+// redacted replaces a password in a URL.
+const redacted = "xxxxx"
+
+// RedactURL returns u with any password replaced by "xxxxx": the user
+// info's password and query parameters such as password= or
+// sentinel_password=. Text that does not parse as a URL keeps nothing
+// between "://" and the last "@".
+func RedactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		scheme, rest, ok := strings.Cut(u, "://")
+		if at := strings.LastIndex(rest, "@"); ok && at >= 0 {
+			return scheme + "://" + redacted + rest[at:]
+		}
+		return u
+	}
+	if p.User != nil {
+		if _, has := p.User.Password(); has {
+			p.User = url.UserPassword(p.User.Username(), redacted)
+		}
+	}
+	if p.RawQuery != "" {
+		q := p.Query()
+		for k := range q {
+			if strings.Contains(strings.ToLower(k), "password") {
+				q.Set(k, redacted)
+			}
+		}
+		p.RawQuery = q.Encode()
+	}
+	return p.String()
 }
 
 // Mask describes a secret without revealing any of it.

@@ -89,3 +89,43 @@ func TestPrintMasksKey(t *testing.T) {
 		}
 	}
 }
+
+func TestYAMLCollectionsReplaceDefaults(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "llmq.yaml")
+	yml := "worker:\n  queues: {demo: 1}\nbudgets:\n  gpt-4o: {rpm: 5}\n"
+	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(env(map[string]string{"LLMQ_CONFIG": path}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Worker.Queues) != 1 || c.Worker.Queues["demo"] != 1 {
+		t.Errorf("queues = %v, want only demo", c.Worker.Queues)
+	}
+	if len(c.Budgets) != 2 || c.Budgets["gpt-4o"].RPM != 5 || c.Budgets[DefaultBudget] != (Budget{}) {
+		t.Errorf("budgets = %v, want gpt-4o and the unlimited default", c.Budgets)
+	}
+	// A file that does not name a map keeps the default.
+	if err := os.WriteFile(path, []byte("retry: {attempts: 3}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Load(env(map[string]string{"LLMQ_CONFIG": path})); err != nil || c.Worker.Queues[DefaultQueue] != 1 {
+		t.Errorf("queues = %v (%v), want the default", c.Worker.Queues, err)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"redis://:pw123@h:6379/0":                        "redis://:xxxxx@h:6379/0",
+		"redis://user:pw123@h:6379/0":                    "redis://user:xxxxx@h:6379/0",
+		"redis://h:6379/0":                               "redis://h:6379/0",
+		"redis://h:6379/0?password=pw123":                "redis://h:6379/0?password=xxxxx",
+		"redis-sentinel://h:1/0?sentinel_password=pw123": "redis-sentinel://h:1/0?sentinel_password=xxxxx",
+		"redis://u:pw123@h:6379/%zz":                     "redis://xxxxx@h:6379/%zz",
+	} {
+		if got := RedactURL(in); got != want || strings.Contains(got, "pw123") {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -84,6 +84,10 @@ const (
 	// FaultGenerate makes the answer take Fault.Delay to generate (see
 	// Config.GenerationTime).
 	FaultGenerate FaultKind = "generate"
+	// FaultEchoKey answers 200 normally but echoes the request's API key
+	// the way a careless proxy might: in x-request-id ("req_<key>") and,
+	// JSON-escaped (\u0073\u006b…), in the message content.
+	FaultEchoKey FaultKind = "echokey"
 )
 
 // namedFault reports whether kind may be named in a SPEC, and whether it
@@ -93,14 +97,14 @@ func namedFault(kind FaultKind) (ok, takesArg bool) {
 	case FaultSlow, FaultLatency, FaultRateLimit, FaultGenerate:
 		return true, true
 	case FaultHang, FaultReset, FaultMalformed, FaultTruncated, FaultQuota, FaultContext,
-		FaultNotFound, FaultPolicy, FaultRegion, FaultOverloaded, FaultAzure429,
+		FaultNotFound, FaultPolicy, FaultRegion, FaultOverloaded, FaultAzure429, FaultEchoKey,
 		FaultStall, FaultCut, FaultRefusal, FaultExtras, FaultStreamError:
 		return true, false
 	}
 	return false, false
 }
 
-const faultNames = "hang, reset, malformed, truncated, slow[:D], latency:D, quota, ratelimit[:D], context, notfound, policy, region, overloaded, azure429, stall, cut, streamerror[:STATUS], refusal, extras, generate:D"
+const faultNames = "hang, reset, malformed, truncated, slow[:D], latency:D, quota, ratelimit[:D], context, notfound, policy, region, overloaded, azure429, echokey, stall, cut, streamerror[:STATUS], refusal, extras, generate:D"
 
 // Fault is one injected behaviour. The zero Fault is a normal answer.
 type Fault struct {
@@ -146,7 +150,7 @@ func (f Fault) name() string {
 // limiter and are charged like a normal request.
 func (f Fault) isError() bool {
 	switch f.Kind {
-	case "", FaultLatency, FaultSlow, FaultMalformed, FaultTruncated,
+	case "", FaultLatency, FaultSlow, FaultMalformed, FaultTruncated, FaultEchoKey,
 		FaultStall, FaultCut, FaultStreamError, FaultRefusal, FaultExtras, FaultGenerate:
 		return false
 	}
@@ -209,7 +213,7 @@ func (p FaultPlan) String() string {
 // (200 = normal, 400-599 = that status with OpenAI's real body) or a named
 // fault: hang, reset, malformed, truncated, slow[:D], latency:D, quota,
 // ratelimit[:D], context, notfound, policy, region, overloaded, azure429,
-// stall, cut, streamerror[:STATUS], refusal, extras, generate:D. A
+// echokey, stall, cut, streamerror[:STATUS], refusal, extras, generate:D. A
 // suffix xN repeats it: "503x3,200" is three 503s then a 200.
 //
 // "random:" followed by name=P entries draws every request forever:
@@ -496,4 +500,15 @@ func (fs *faultState) view() faultsView {
 		v.Models[m] = c.plan.String()
 	}
 	return v
+}
+
+// echoKey makes a normal 200 answer echo key: in x-request-id, and
+// \u-escaped in every message's content.
+func echoKey(rep reply, key string) reply {
+	var esc strings.Builder
+	for _, r := range key {
+		fmt.Fprintf(&esc, `\u%04x`, r)
+	}
+	rep.body = []byte(strings.ReplaceAll(string(rep.body), `","refusal"`, ` (key `+esc.String()+`)","refusal"`))
+	return rep.with("x-request-id", "req_"+key)
 }

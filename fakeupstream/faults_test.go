@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"syscall"
 	"testing"
@@ -332,5 +333,38 @@ func TestCloseReleasesHang(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not release the hang")
+	}
+}
+
+func TestEchoKeyFault(t *testing.T) {
+	const key = "sk-echo-test-key-0123456789"
+	s, err := New(Config{Faults: "echokey"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	defer func() { s.Close(); srv.Close() }()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || resp.Header.Get("x-request-id") != "req_"+key {
+		t.Fatalf("status %d, x-request-id %q", resp.StatusCode, resp.Header.Get("x-request-id"))
+	}
+	var c struct {
+		Choices []struct {
+			Message struct{ Content string } `json:"message"`
+		} `json:"choices"`
+	}
+	if err := json.Unmarshal(body, &c); err != nil || len(c.Choices) != 1 {
+		t.Fatalf("body %s: %v", body, err)
+	}
+	if strings.Contains(string(body), key) || !strings.Contains(c.Choices[0].Message.Content, "(key "+key+")") {
+		t.Errorf("body %s: want the key JSON-escaped only", body)
 	}
 }

@@ -338,7 +338,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 	gen := s.generationTime(fault, ans.tokens)
 	rep := reply{status: http.StatusOK, contentType: "application/json", body: ans.body()}.with("openai-model", req.Model)
 
-	if opts.Stream && fault.Kind != FaultMalformed && fault.Kind != FaultTruncated && fault.Kind != FaultSlow {
+	if opts.Stream && fault.Kind != FaultMalformed && fault.Kind != FaultTruncated && fault.Kind != FaultSlow && fault.Kind != FaultEchoKey {
 		if !sleep(ctx, s.cfg.Latency+extra) {
 			return
 		}
@@ -352,6 +352,11 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 	}
 
 	switch fault.Kind {
+	case FaultEchoKey:
+		answer(echoKey(rep, requestKey(r)), v.state, extra)
+		if rec.Status == http.StatusOK {
+			s.served(ans.comp.Usage)
+		}
 	case FaultMalformed:
 		rep.body = []byte(`{"id":"chatcmpl-x","choices":[`)
 		answer(rep, v.state, extra)
@@ -433,15 +438,18 @@ func (s *Server) writeSlowly(ctx context.Context, w http.ResponseWriter, rep rep
 	return true
 }
 
-// auth checks the API key: Authorization: Bearer, or Azure's api-key.
-func (s *Server) auth(r *http.Request, azure bool) *reply {
-	key := ""
+// requestKey is the request's API key: Authorization: Bearer, or Azure's
+// api-key.
+func requestKey(r *http.Request) string {
 	if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "Bearer ") {
-		key = strings.TrimSpace(a[7:])
+		return strings.TrimSpace(a[7:])
 	}
-	if key == "" {
-		key = strings.TrimSpace(r.Header.Get("api-key"))
-	}
+	return strings.TrimSpace(r.Header.Get("api-key"))
+}
+
+// auth checks the API key.
+func (s *Server) auth(r *http.Request, azure bool) *reply {
+	key := requestKey(r)
 	var rep reply
 	switch {
 	case key == "" && azure, s.cfg.APIKey != "" && key != s.cfg.APIKey && azure:

@@ -188,10 +188,6 @@ func (c *Client) GoString() string { return c.String() }
 // Format describes the client without its key, for every verb.
 func (c *Client) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, c.String()) }
 
-// RefreshKey re-reads the key from its source and reports whether it
-// changed; see [KeySource.Refresh].
-func (c *Client) RefreshKey() (bool, error) { return c.key.Refresh() }
-
 // KeyFingerprint returns the current key's fingerprint; see
 // [KeySource.Fingerprint].
 func (c *Client) KeyFingerprint() string { return c.key.Fingerprint() }
@@ -203,19 +199,24 @@ func (c *Client) CloseIdleConnections() { c.transport.CloseIdleConnections() }
 type Response struct {
 	// StatusCode is the HTTP status (2xx).
 	StatusCode int
-	// Body is the raw JSON body, checked to be a chat.completion object
-	// with at least one choice.
+	// Body is the JSON body, checked to be a chat.completion object whose
+	// every choice has an answer; the API key is scrubbed from it (see
+	// [Redacted]) and invalid UTF-8 replaced by U+FFFD.
 	Body []byte
-	// RequestID is the server's request id (x-request-id).
+	// RequestID is the server's request id (x-request-id), without the key.
 	RequestID string
 	// Model is the model that served the request, as the body names it.
 	Model string
-	// Usage is the body's token usage (zero when the server reported none).
+	// Usage is the body's token usage, read leniently (5.0 and "5" are 5);
+	// zero when the server reported none or UsageErr is set.
 	Usage jobs.Usage
+	// UsageErr says why a usage the body carries could not be read; the
+	// answer is still good, and the caller keeps its own estimate.
+	UsageErr error
 	// RateLimit holds the x-ratelimit-* headers.
 	RateLimit RateLimit
-	// Latency is the time from sending the request to reading the whole body.
-	Latency time.Duration
+	// KeyFingerprint is the [Fingerprint] of the key the call used.
+	KeyFingerprint string
 	// Streamed reports that the answer was streamed and assembled.
 	Streamed bool
 }
@@ -294,7 +295,6 @@ func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
 
-	start := c.now()
 	if stream {
 		wd.arm(c.firstByteTimeout, KindHeaderTimeout, "response headers")
 	} else {
@@ -309,14 +309,15 @@ func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
 	if ok && stream && isEventStream(resp.Header) {
 		wd.arm(c.firstByteTimeout, KindStreamStall, "first stream event")
-		sr, err := c.readStream(resp.Body, wd, key)
-		latency := c.now().Sub(start)
+		sr, err := c.readStream(resp.Body, wd)
 		if err != nil {
-			var apiErr *Error
-			if errors.As(err, &apiErr) {
-				apiErr.RequestID = requestID(resp.Header)
-				apiErr.RateLimit = ParseRateLimit(resp.Header)
-				return nil, apiErr
+			var ev *errorEvent
+			if errors.As(err, &ev) {
+				// Classified like the status it names, scrubbed like any
+				// error answer.
+				named := *resp
+				named.StatusCode = ev.status
+				return nil, c.apiError(&named, ev.data, key)
 			}
 			var te *TransportError
 			if errors.As(err, &te) {
@@ -325,18 +326,15 @@ func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 			return nil, c.callError(parent, ctx, &tr, true, true, err)
 		}
 		wd.stop()
-		out, err := decodeCompletion(sr.body)
+		out, err := completionResponse(resp.StatusCode, resp.Header, sr.body, key)
 		if err != nil {
 			return nil, err
 		}
 		if !sr.usage {
-			out.Usage = estimateUsage(c.est, body, sr.asm.generatedChars())
+			out.Usage, out.UsageErr = estimateUsage(c.est, body, sr.asm.generatedChars()), nil
 		}
 		out.Streamed = true
-		out.StatusCode = resp.StatusCode
-		out.RequestID = requestID(resp.Header)
-		out.RateLimit = ParseRateLimit(resp.Header)
-		out.Latency = latency
+		out.KeyFingerprint = Fingerprint(key)
 		return out, nil
 	}
 	// A plain body (or an error answer): the whole call bounds its read.
@@ -346,7 +344,6 @@ func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 		limit = maxResponseBody
 	}
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	latency := c.now().Sub(start)
 	if !ok {
 		// An error answer is classified by its status; a body cut short
 		// still tells what little it can.
@@ -358,14 +355,11 @@ func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 	if int64(len(raw)) > limit {
 		return nil, &TransportError{Kind: KindMalformed, Op: "read response", Err: fmt.Errorf("2xx body exceeds %d bytes", limit)}
 	}
-	out, err := decodeCompletion(raw)
+	out, err := completionResponse(resp.StatusCode, resp.Header, raw, key)
 	if err != nil {
 		return nil, err
 	}
-	out.StatusCode = resp.StatusCode
-	out.RequestID = requestID(resp.Header)
-	out.RateLimit = ParseRateLimit(resp.Header)
-	out.Latency = latency
+	out.KeyFingerprint = Fingerprint(key)
 	return out, nil
 }
 
@@ -396,86 +390,27 @@ func (c *Client) callError(parent, ctx context.Context, tr *callTrace, headers, 
 	return transportError(parent, tr, headers, err)
 }
 
-func requestID(h http.Header) string {
-	for _, k := range []string{"x-request-id", "request-id", "apim-request-id"} {
-		if v := h.Get(k); v != "" {
-			return clean(v, maxFieldLen)
-		}
-	}
-	return ""
-}
-
 // apiError builds the Error for a non-2xx answer, with the key scrubbed
-// from anything the server echoed.
+// from anything the server echoed (raw or JSON-escaped, body and headers)
+// and invalid UTF-8 replaced.
 func (c *Client) apiError(resp *http.Response, raw []byte, key string) *Error {
 	if len(raw) > maxErrorRead {
 		raw = raw[:maxErrorRead]
 	}
+	raw = bytes.ToValidUTF8(scrubBody(raw, key), []byte("\uFFFD"))
 	e := ParseErrorBody(resp.StatusCode, raw)
-	e.RequestID = requestID(resp.Header)
+	e.RequestID = requestID(resp.Header, key)
 	e.RateLimit = ParseRateLimit(resp.Header)
+	e.KeyFingerprint = Fingerprint(key)
 	if d, ok := ParseRetryAfter(resp.Header, c.now()); ok {
 		e.RetryAfter = d
 	}
-	scrubKey(e, key)
+	// The fields come from the body's unescaped strings; a key split
+	// across an escape and a cut is caught here.
+	e.Body = bytes.ToValidUTF8(e.Body, []byte("\uFFFD")) // cut mid-rune at MaxErrorBody
+	e.Message, e.Type = scrubText(e.Message, key), scrubText(e.Type, key)
+	e.Code, e.Param = scrubText(e.Code, key), scrubText(e.Param, key)
 	return e
-}
-
-// scrubKey removes key from everything in e the server may have echoed.
-func scrubKey(e *Error, key string) {
-	if len(key) >= 8 {
-		const mask = "[redacted]"
-		e.Message = strings.ReplaceAll(e.Message, key, mask)
-		e.Type = strings.ReplaceAll(e.Type, key, mask)
-		e.Code = strings.ReplaceAll(e.Code, key, mask)
-		e.Param = strings.ReplaceAll(e.Param, key, mask)
-		e.Body = bytes.ReplaceAll(e.Body, []byte(key), []byte(mask))
-		if len(e.Body) > MaxErrorBody {
-			e.Body = e.Body[:MaxErrorBody]
-		}
-	}
-}
-
-// completion is the part of a chat.completion body the client checks.
-type completion struct {
-	Object  string            `json:"object"`
-	Model   string            `json:"model"`
-	Choices []json.RawMessage `json:"choices"`
-	Usage   *jobs.Usage       `json:"usage"`
-}
-
-// decodeCompletion checks that raw is one chat.completion object with
-// choices. A body that ends early is KindTruncated; anything else unusable
-// is KindMalformed.
-func decodeCompletion(raw []byte) (*Response, error) {
-	malformed := func(err error) error {
-		return &TransportError{Kind: KindMalformed, Op: "decode response", Err: err}
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	var c completion
-	if err := dec.Decode(&c); err != nil {
-		switch {
-		case errors.Is(err, io.ErrUnexpectedEOF):
-			return nil, &TransportError{Kind: KindTruncated, Op: "decode response", Err: fmt.Errorf("2xx body ends mid-JSON after %d bytes: %w", len(raw), err)}
-		case errors.Is(err, io.EOF):
-			return nil, malformed(errors.New("2xx body is empty"))
-		}
-		return nil, malformed(fmt.Errorf("2xx body is not a chat.completion object: %w", err))
-	}
-	if rest := bytes.TrimSpace(raw[dec.InputOffset():]); len(rest) > 0 {
-		return nil, malformed(fmt.Errorf("2xx body has %d bytes after the JSON object", len(rest)))
-	}
-	if c.Object != "" && c.Object != "chat.completion" {
-		return nil, malformed(fmt.Errorf("2xx body is a %q object, want chat.completion", clean(c.Object, maxFieldLen)))
-	}
-	if len(c.Choices) == 0 {
-		return nil, malformed(errors.New("2xx body has no choices"))
-	}
-	out := &Response{Body: raw, Model: c.Model}
-	if c.Usage != nil {
-		out.Usage = *c.Usage
-	}
-	return out, nil
 }
 
 // callTrace records how far a call got, for classifying its failure.

@@ -52,8 +52,12 @@ type Error struct {
 	RetryAfter time.Duration
 	// RateLimit holds the x-ratelimit-* headers of the answer.
 	RateLimit RateLimit
-	// Body is the start of the raw body, at most MaxErrorBody bytes.
+	// Body is the start of the body, at most MaxErrorBody bytes, with the
+	// API key scrubbed and invalid UTF-8 replaced.
 	Body []byte
+	// KeyFingerprint is the [Fingerprint] of the key the call used (set by
+	// [Client.Chat]): a 401 names the key that failed.
+	KeyFingerprint string
 }
 
 // Error reads like

@@ -194,7 +194,7 @@ type streamResult struct {
 
 // readStream reads an SSE chat-completions stream to its [DONE] and
 // assembles it. headerless errors are classified by the caller.
-func (c *Client) readStream(body io.Reader, wd *watchdog, key string) (*streamResult, error) {
+func (c *Client) readStream(body io.Reader, wd *watchdog) (*streamResult, error) {
 	sr := &sseReader{
 		r:     bufio.NewReaderSize(body, 32<<10),
 		alive: func() { wd.arm(c.idleTimeout, KindStreamStall, "stream event") },
@@ -220,7 +220,7 @@ func (c *Client) readStream(body io.Reader, wd *watchdog, key string) (*streamRe
 			}
 			return &streamResult{body: out, asm: asm, usage: asm.usage != nil}, nil
 		}
-		if e := streamError(ev.name, data, key); e != nil {
+		if e := streamError(ev.name, data); e != nil {
 			return nil, e
 		}
 		if len(data) == 0 {
@@ -232,11 +232,22 @@ func (c *Client) readStream(body io.Reader, wd *watchdog, key string) (*streamRe
 	}
 }
 
-// streamError returns the *Error of an error event inside a stream: an
-// event named "error", or a data object with an "error" member (OpenAI
-// writes `data: {"error": {...}}`). Its status is the one the event names
-// (see errorEventStatus). It returns nil for any other event.
-func streamError(name string, data []byte, key string) *Error {
+// errorEvent is an error event inside a stream: its data and the status it
+// names. Chat turns it into the *Error of that status.
+type errorEvent struct {
+	status int
+	data   []byte
+}
+
+func (e *errorEvent) Error() string {
+	return fmt.Sprintf("error event naming status %d in the stream", e.status)
+}
+
+// streamError returns the error event of a stream's event: an event named
+// "error", or a data object with an "error" member (OpenAI writes
+// `data: {"error": {...}}`). Its status is the one the event names (see
+// errorEventStatus). It returns nil for any other event.
+func streamError(name string, data []byte) *errorEvent {
 	if name != "error" {
 		if !bytes.HasPrefix(data, []byte("{")) || !bytes.Contains(data, []byte(`"error"`)) {
 			return nil
@@ -248,10 +259,7 @@ func streamError(name string, data []byte, key string) *Error {
 			return nil
 		}
 	}
-	e := ParseErrorBody(errorEventStatus(data), data)
-	e.RateLimit = NoRateLimit()
-	scrubKey(e, key)
-	return e
+	return &errorEvent{status: errorEventStatus(data), data: bytes.Clone(data)}
 }
 
 // errorEventStatus is the HTTP status an error event names: a numeric
