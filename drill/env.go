@@ -181,7 +181,7 @@ func (e *env) configYAML() string {
 	fmt.Fprintf(&b, "prefix: %s\nqueue: %s\n", e.prefix, e.queue)
 	fmt.Fprintf(&b, "worker:\n  concurrency: %d\n  queues: {%s: 1}\n  poll_interval: 100ms\n  shutdown_timeout: %s\n  hold_recheck: 500ms\n",
 		e.s.concurrency, e.queue, e.s.shutdown)
-	fmt.Fprintf(&b, "upstream:\n  connect_timeout: 1s\n  response_header_timeout: %s\n  call_timeout: 30s\n", e.s.headerTimeout)
+	fmt.Fprintf(&b, "upstream:\n  connect_timeout: 1s\n  response_header_timeout: %s\n  first_byte_timeout: %s\n  call_timeout: 30s\n", e.s.headerTimeout, e.s.headerTimeout)
 	fmt.Fprintf(&b, "retry:\n  attempts: 5\n  base: %s\n  cap: %s\n  retry_after_cap: 5s\n", e.s.retryBase, e.s.retryCap)
 	// The breaker keeps its production threshold (5 failures in 60 s) but
 	// opens for 2 s instead of 30 s: time scaled like the retry delays.
