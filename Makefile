@@ -43,10 +43,10 @@ bench-e2e: build redis
 bench-budget: build redis
 	go run ./bench/budget -bin $(BIN)
 
-## bench-outage: breaker drill: 4 `llmq worker` processes, a steady stream, the fake
-## answers 503 for 10 s then recovers; shared breaker vs per-process breakers (about 45 s)
+## bench-outage: the outage drill alone: 4 `llmq worker` processes, a steady stream, the
+## fake answers 503 for 10 s then recovers; shared breaker vs per-process breakers (about 45 s)
 bench-outage: build redis
-	go run ./bench/outage -bin $(BIN)
+	go run ./drill/cmd/drill -bin $(BIN) -size long -run '^outage$$'
 
 ## drill: fault drills against real processes (bin/llmq workers, own Redis, fake upstream), long form; prints the table
 drill: build redis

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/llmqtest"
 )
@@ -41,7 +39,7 @@ func (tr *transitions) String() string {
 // a separate process).
 func newBreaker(t *testing.T, env *llmqtest.Env, clk *clock, mod func(*breaker.Config)) *breaker.Breaker {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: env.Addr})
+	rdb := env.NewClient()
 	t.Cleanup(func() { rdb.Close() })
 	cfg := breaker.Config{Prefix: env.Prefix, Now: clk.Now}
 	if mod != nil {

@@ -16,18 +16,21 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/cache"
 	"github.com/llmq/llmq/policy"
 	"github.com/llmq/llmq/ratelimit"
+	"github.com/llmq/llmq/redisconn"
 	"github.com/llmq/llmq/upstream"
 )
 
 // Config is the whole of llmq's configuration.
 type Config struct {
-	// RedisURL locates Redis, e.g. redis://127.0.0.1:6379/0 (env LLMQ_REDIS_URL).
+	// RedisURL locates Redis, e.g. redis://127.0.0.1:6379/0 (env
+	// LLMQ_REDIS_URL); redis+sentinel:// and redis+cluster:// URLs select
+	// Sentinel and Cluster (see package redisconn).
 	RedisURL string `yaml:"redis_url"`
 	// Prefix namespaces llmq's own Redis keys (results, budgets, holds).
 	Prefix string `yaml:"prefix"`
@@ -388,8 +391,8 @@ func (c *Config) Validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
 	}
-	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		bad("redis_url", "must be a redis:// or rediss:// URL, got %q", RedactURL(c.RedisURL))
+	if _, err := redisconn.Parse(c.RedisURL); err != nil {
+		errs = append(errs, fmt.Errorf("config: redis_url: %w", err))
 	}
 	if u, err := url.Parse(c.Upstream.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("upstream.base_url", "must be an http(s) URL such as %s, got %q", upstream.DefaultBaseURL, RedactURL(c.Upstream.BaseURL))
@@ -458,9 +461,15 @@ func (c *Config) Validate() error {
 }
 
 // Print writes the effective configuration as YAML, with the API key
-// masked, and where the key comes from; URLs show no password.
+// masked, and where the key comes from; URLs show no password. A comment
+// line shows the Redis mode and nodes.
 func (c Config) Print(w io.Writer) error {
-	c.RedisURL = RedactURL(c.RedisURL)
+	redisLine := "(the URL cannot be read)"
+	if conn, err := redisconn.Parse(c.RedisURL); err == nil {
+		c.RedisURL, redisLine = conn.Redacted(), conn.String()
+	} else {
+		c.RedisURL = RedactURL(c.RedisURL)
+	}
 	c.Upstream.BaseURL = RedactURL(c.Upstream.BaseURL)
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
@@ -475,6 +484,7 @@ func (c Config) Print(w io.Writer) error {
 	case c.Upstream.APIKey != "":
 		key = "from OPENAI_API_KEY: " + Mask(c.Upstream.APIKey)
 	}
+	fmt.Fprintf(&buf, "# redis: %s\n", redisLine)
 	fmt.Fprintf(&buf, "# api key: %s\n", key)
 	_, err := w.Write(buf.Bytes())
 	return err

@@ -57,8 +57,11 @@ func Chaos(ctx context.Context, o Options) (*Report, error) {
 	}
 	opened := 0
 	for _, w := range e.procs() {
-		opened += countLines(w.logPath, `"event":"breaker","model":"gpt-4o-mini","from":"closed","to":"open"`) +
-			countLines(w.logPath, `"event":"breaker","model":"gpt-4o-mini","from":"half-open","to":"open"`)
+		opens, reopens, err := breakerTransitions(w.LogPath)
+		if err != nil {
+			return rep, err
+		}
+		opened += opens + reopens
 	}
 	rep.note("the breaker (5 failures in 60 s, open scaled to 2 s) opened or reopened %d times; with production's 30 s open that is %.0f s of stalls: it counts failures, not a failure rate", opened, float64(opened)*30)
 	st := e.fake.Stats()

@@ -3,7 +3,11 @@
 // put through the faults an operator meets at night — workers killed with
 // SIGKILL mid-batch, Redis killed and restarted, rolling SIGTERM restarts,
 // poison payloads, a misbehaving upstream, a large batch, and a hunt for
-// the API key in everything llmq writes.
+// the API key in everything llmq writes, and a 503 outage the breaker
+// must absorb (the outage drill, also `make bench-outage`).
+//
+// Worker processes are started and stopped by llmqtest/fleet, the harness
+// the CLI tests and benchmarks share.
 //
 // Every drill submits a batch, waits for the queue to drain (or a deadline),
 // and then counts from the stored results and the fake upstream's own

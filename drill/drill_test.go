@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/llmq/llmq/drill"
+	"github.com/llmq/llmq/llmqtest/fleet"
 )
 
 // binPath is the llmq binary the drills run, built once.
@@ -27,11 +27,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binPath = filepath.Join(dir, "llmq")
-	build := exec.Command("go", "build", "-o", binPath, "../cmd/llmq")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build llmq:", err)
+	if binPath, err = fleet.Build(context.Background(), dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -99,3 +96,4 @@ func TestPoison(t *testing.T)               { run(t, drill.Poison) }
 func TestChaos(t *testing.T)                { run(t, drill.Chaos) }
 func TestLoad(t *testing.T)                 { run(t, drill.Load) }
 func TestSecrets(t *testing.T)              { run(t, drill.Secrets) }
+func TestOutage(t *testing.T)               { run(t, drill.Outage) }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -19,8 +18,10 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/llmq/llmq/config"
 	"github.com/llmq/llmq/fakeupstream"
 	"github.com/llmq/llmq/llmqtest"
+	"github.com/llmq/llmq/llmqtest/fleet"
 	"github.com/llmq/llmq/producer"
 	"github.com/llmq/llmq/results"
 )
@@ -84,6 +85,8 @@ type setup struct {
 	retryBase, retryCap time.Duration
 	// rpm and tpm set a fleet budget (0: none).
 	rpm, tpm int64
+	// configure, when set, changes the workers' settings last.
+	configure func(*config.Config)
 }
 
 // env is one drill's world: its own Redis, the fake upstream over real
@@ -104,11 +107,7 @@ type env struct {
 	url    string
 	prefix string
 	queue  string
-	cfg    string // path of the workers' YAML config
-
-	mu      sync.Mutex
-	workers []*workerProc
-	nextID  int
+	fleet  *fleet.Fleet // the llmq worker processes
 }
 
 // newEnv builds a drill's environment; close it with env.close.
@@ -167,46 +166,33 @@ func newEnv(ctx context.Context, o Options, s setup) (_ *env, err error) {
 	e.http = &http.Server{Handler: e.calls.wrap(e.fake.Handler()), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = e.http.Serve(ln) }()
 	e.url = "http://" + ln.Addr().String() + "/v1"
-	e.cfg = filepath.Join(dir, "llmq.yaml")
-	if err := os.WriteFile(e.cfg, []byte(e.configYAML()), 0o600); err != nil {
-		return nil, fmt.Errorf("drill: write config: %w", err)
+	if e.fleet, err = fleet.New(fleet.Config{Bin: o.Bin, Dir: dir, Settings: e.settings(), APIKey: s.apiKey, Metrics: true}); err != nil {
+		return nil, fmt.Errorf("drill: %w", err)
 	}
 	return e, nil
 }
 
-// configYAML is the workers' configuration: the drill's queue and prefix,
+// settings is the workers' configuration: the drill's queue and prefix,
 // short delays so faults resolve within a drill.
-func (e *env) configYAML() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "prefix: %s\nqueue: %s\n", e.prefix, e.queue)
-	fmt.Fprintf(&b, "worker:\n  concurrency: %d\n  queues: {%s: 1}\n  poll_interval: 100ms\n  shutdown_timeout: %s\n  hold_recheck: 500ms\n",
-		e.s.concurrency, e.queue, e.s.shutdown)
-	fmt.Fprintf(&b, "upstream:\n  connect_timeout: 1s\n  response_header_timeout: %s\n  first_byte_timeout: %s\n  call_timeout: 30s\n", e.s.headerTimeout, e.s.headerTimeout)
-	fmt.Fprintf(&b, "retry:\n  attempts: 5\n  base: %s\n  cap: %s\n  retry_after_cap: 5s\n", e.s.retryBase, e.s.retryCap)
-	// The breaker keeps its production threshold (5 failures in 60 s) but
-	// opens for 2 s instead of 30 s: time scaled like the retry delays.
-	fmt.Fprintf(&b, "breaker:\n  failures: 5\n  window: 60s\n  open: 2s\n")
+func (e *env) settings() config.Config {
+	c := fleet.Settings("redis://"+e.redis.addr+"/0", e.url, e.prefix, e.queue)
+	c.Worker.Concurrency = e.s.concurrency
+	c.Worker.ShutdownTimeout = e.s.shutdown
+	c.Upstream.ConnectTimeout, c.Upstream.ResponseHeaderTimeout, c.Upstream.CallTimeout = time.Second, e.s.headerTimeout, 30*time.Second
+	c.Upstream.FirstByteTimeout = e.s.headerTimeout // calls stream: the same wait for the first byte
+	c.Retry.Base, c.Retry.Cap, c.Retry.RetryAfterCap = e.s.retryBase, e.s.retryCap, 5*time.Second
+	// The breaker keeps its production thresholds but opens for 2 s
+	// instead of 30 s: time scaled like the retry delays.
+	c.Breaker.Open = 2 * time.Second
 	if e.s.rpm > 0 || e.s.tpm > 0 {
-		fmt.Fprintf(&b, "budgets:\n  default: {rpm: %d, tpm: %d}\n", e.s.rpm, e.s.tpm)
+		c.Budgets = map[string]config.Budget{"default": {RPM: e.s.rpm, TPM: e.s.tpm}}
 	}
-	fmt.Fprintf(&b, "results:\n  ttl: 1h\n  retention: 1h\nlog:\n  level: info\n  environment: drill\n")
-	return b.String()
-}
-
-// vars is the environment of every llmq process of the drill; nothing
-// llmq reads is inherited from the drill's own environment.
-func (e *env) vars(extra ...string) []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "LLMQ_") || strings.HasPrefix(k, "OPENAI_") || k == "LOG_LEVEL" {
-			continue
-		}
-		out = append(out, kv)
+	c.Results.TTL, c.Results.Retention = time.Hour, time.Hour
+	c.Log.Level, c.Log.Environment = "info", "drill"
+	if e.s.configure != nil {
+		e.s.configure(&c)
 	}
-	out = append(out, "LLMQ_CONFIG="+e.cfg, "LLMQ_REDIS_URL=redis://"+e.redis.addr+"/0",
-		"OPENAI_BASE_URL="+e.url, "OPENAI_API_KEY="+e.s.apiKey)
-	return append(out, extra...)
+	return c
 }
 
 // logf writes a progress line.
@@ -220,11 +206,8 @@ func (e *env) logf(format string, args ...any) {
 // The scratch directory stays for post-mortems unless the drill passed and
 // the caller removes it.
 func (e *env) close() {
-	e.mu.Lock()
-	ws := e.workers
-	e.mu.Unlock()
-	for _, w := range ws {
-		w.kill()
+	if e.fleet != nil {
+		_ = e.fleet.Close()
 	}
 	if e.fake != nil {
 		e.fake.Close()
@@ -248,8 +231,7 @@ func (e *env) close() {
 
 // cli runs `llmq args...` to completion with the drill's environment.
 func (e *env) cli(ctx context.Context, stdin io.Reader, args ...string) (stdout, stderr string, err error) {
-	cmd := exec.CommandContext(ctx, e.o.Bin, args...)
-	cmd.Env = e.vars()
+	cmd := e.fleet.Command(ctx, args...)
 	cmd.Stdin = stdin
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/llmq/llmq/fakeupstream"
+	"github.com/llmq/llmq/llmqtest/fleet"
 )
 
 // Kill9 is drill 1: four worker processes drain a batch; two of them are
@@ -37,9 +38,9 @@ func Kill9(ctx context.Context, o Options) (*Report, error) {
 		return rep, err
 	}
 	defer e.close()
-	fleet := make([]*workerProc, 4)
-	for i := range fleet {
-		if fleet[i], err = e.startWorker(ctx); err != nil {
+	ws := make([]*fleet.Worker, 4)
+	for i := range ws {
+		if ws[i], err = e.startWorker(ctx); err != nil {
 			return rep, err
 		}
 	}
@@ -49,18 +50,18 @@ func Kill9(ctx context.Context, o Options) (*Report, error) {
 	// Two random moments between 10% and ~70% of the batch's upstream calls.
 	marks := []int{n/10 + rng.IntN(n/4), 0}
 	marks[1] = marks[0] + n/10 + rng.IntN(n/4)
-	victims := rng.Perm(len(fleet))[:2]
+	victims := rng.Perm(len(ws))[:2]
 	var kills [2]time.Time
 	for i, mark := range marks {
 		if err := waitUntil(ctx, 2*time.Minute, func() (bool, error) { return e.calls.requests() >= mark, nil }); err != nil {
 			return rep, fmt.Errorf("waiting for %d upstream calls: %w", mark, err)
 		}
-		w := fleet[victims[i]]
-		w.kill9()
+		w := ws[victims[i]]
+		w.Kill()
 		kills[i] = time.Now()
 		at := e.calls.requests()
-		e.logf("kill -9 worker %d (pid %d) after %d upstream calls", w.n, w.pid, at)
-		rep.note("kill -9 worker %d after %d upstream calls (batch of %d)", w.n, at, n)
+		e.logf("kill -9 worker %d (pid %d) after %d upstream calls", w.N, w.PID, at)
+		rep.note("kill -9 worker %d after %d upstream calls (batch of %d)", w.N, at, n)
 		if i == 0 || o.Size == Long { // short form: recoverOrphans starts the 2nd replacement
 			if _, err := e.startWorker(ctx); err != nil {
 				return rep, err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/llmq/llmq/fakeupstream"
+	"github.com/llmq/llmq/llmqtest/fleet"
 )
 
 // Load is drill 6: a large batch enqueued with `llmq enqueue` and drained
@@ -46,9 +47,9 @@ func Load(ctx context.Context, o Options) (*Report, error) {
 	rep.note("Redis memory per queued job: %.0f bytes (used_memory %+.1f MiB for %d jobs)",
 		float64(mem1-mem0)/float64(n), float64(mem1-mem0)/(1<<20), n)
 	start = time.Now()
-	fleet := make([]*workerProc, 4)
-	for i := range fleet {
-		if fleet[i], err = e.startWorker(ctx); err != nil {
+	ws := make([]*fleet.Worker, 4)
+	for i := range ws {
+		if ws[i], err = e.startWorker(ctx); err != nil {
 			return rep, err
 		}
 	}
@@ -58,8 +59,8 @@ func Load(ctx context.Context, o Options) (*Report, error) {
 	}
 	drain := time.Since(start)
 	var peak, sum int64
-	for _, w := range fleet {
-		kb, err := w.peakRSS()
+	for _, w := range ws {
+		kb, err := w.PeakRSS()
 		if err != nil {
 			rep.fail("%v", err)
 			continue

@@ -43,7 +43,7 @@ func Poison(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep.check(len(keys) == 0, "refused input reached Redis: %d asynq keys of the queue exist", len(keys))
 
-	fleet, err := e.startFleet(ctx, 2)
+	ws, err := e.startFleet(ctx, 2)
 	if err != nil {
 		return rep, err
 	}
@@ -104,9 +104,9 @@ func Poison(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	rep.note("poison outcomes: %s", strings.Join(seen, ", "))
-	for _, w := range fleet {
-		rep.check(w.alive(), "worker %d died: %s", w.n, tail(w.logPath, 3))
-		rep.check(countLines(w.logPath, "panic") == 0, "worker %d logged a panic", w.n)
+	for _, w := range ws {
+		rep.check(w.Alive(), "worker %d died: %s", w.N, tail(w.LogPath, 3))
+		rep.check(countLines(w.LogPath, "panic") == 0, "worker %d logged a panic", w.N)
 	}
 	return rep, nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/llmq/llmq/fakeupstream"
 	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/llmqtest/fleet"
 )
 
 // RedisRestartAlways is drill 2 with appendfsync always: every write is on
@@ -40,7 +41,7 @@ func redisRestart(ctx context.Context, o Options, fsync string) (*Report, error)
 		return rep, err
 	}
 	defer e.close()
-	fleet, err := e.startFleet(ctx, 3)
+	ws, err := e.startFleet(ctx, 3)
 	if err != nil {
 		return rep, err
 	}
@@ -52,7 +53,7 @@ func redisRestart(ctx context.Context, o Options, fsync string) (*Report, error)
 	if err := waitUntil(ctx, time.Minute, func() (bool, error) { return e.calls.requests() >= mark, nil }); err != nil {
 		return rep, fmt.Errorf("waiting for %d upstream calls: %w", mark, err)
 	}
-	offsets := logSizes(fleet)
+	offsets := logSizes(ws)
 	e.redis.kill()
 	down := time.Now()
 	e.logf("redis killed (SIGKILL) after %d upstream calls", e.calls.requests())
@@ -79,7 +80,7 @@ func redisRestart(ctx context.Context, o Options, fsync string) (*Report, error)
 	}
 	up := time.Now()
 	e.logf("redis restarted on %s", e.redis.addr)
-	outageLogs := logSizes(fleet)
+	outageLogs := logSizes(ws)
 
 	// The same producer after the restart: it reconnects by itself.
 	if _, err := e.prod.Enqueue(ctx, lateJob("late")); err != nil {
@@ -105,14 +106,14 @@ func redisRestart(ctx context.Context, o Options, fsync string) (*Report, error)
 	if err != nil {
 		return rep, err
 	}
-	for _, w := range fleet {
-		rep.check(w.alive(), "worker %d exited while Redis was away: %s", w.n, tail(w.logPath, 3))
+	for _, w := range ws {
+		rep.check(w.Alive(), "worker %d exited while Redis was away: %s", w.N, tail(w.LogPath, 3))
 	}
-	lines, raw, sample := outageLines(fleet, offsets, outageLogs)
+	lines, raw, sample := outageLines(ws, offsets, outageLogs)
 	secs := up.Sub(down).Seconds()
 	rep.note("worker log while Redis was away (%.1f s): %d lines from %d workers (%.1f lines/s per worker), %d of them not JSON; most frequent: %s",
-		secs, lines, len(fleet), float64(lines)/secs/float64(len(fleet)), raw, sample)
-	rep.check(float64(lines)/secs/float64(len(fleet)) < 50, "workers flood the log while Redis is away: %d lines in %.1f s", lines, secs)
+		secs, lines, len(ws), float64(lines)/secs/float64(len(ws)), raw, sample)
+	rep.check(float64(lines)/secs/float64(len(ws)) < 50, "workers flood the log while Redis is away: %d lines in %.1f s", lines, secs)
 	calls := e.calls.requests()
 	rep.note("upstream calls %d for %d jobs: %d jobs paid twice (result not stored while Redis was away)", calls, n, t.dupJobs)
 	rep.check(t.succeeded == n, "%d of %d jobs succeeded", t.succeeded, n)
@@ -131,10 +132,10 @@ func lateJob(name string) *jobs.Job {
 }
 
 // logSizes returns each worker log's size now.
-func logSizes(ws []*workerProc) []int64 {
+func logSizes(ws []*fleet.Worker) []int64 {
 	out := make([]int64, len(ws))
 	for i, w := range ws {
-		if fi, err := os.Stat(w.logPath); err == nil {
+		if fi, err := os.Stat(w.LogPath); err == nil {
 			out[i] = fi.Size()
 		}
 	}
@@ -144,10 +145,10 @@ func logSizes(ws []*workerProc) []int64 {
 // outageLines counts the log lines written between two offsets, how many
 // are not JSON (written around llmq's logger), and returns the most
 // frequent message as a sample.
-func outageLines(ws []*workerProc, from, to []int64) (lines, raw int, sample string) {
+func outageLines(ws []*fleet.Worker, from, to []int64) (lines, raw int, sample string) {
 	msgs := map[string]int{}
 	for i, w := range ws {
-		b, err := os.ReadFile(w.logPath)
+		b, err := os.ReadFile(w.LogPath)
 		if err != nil || to[i] > int64(len(b)) {
 			continue
 		}

@@ -104,5 +104,6 @@ func All() []Drill {
 		{"chaos", Chaos},
 		{"load", Load},
 		{"secrets", Secrets},
+		{"outage", Outage},
 	}
 }

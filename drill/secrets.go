@@ -41,7 +41,7 @@ func Secrets(ctx context.Context, o Options) (*Report, error) {
 		return rep, err
 	}
 	defer e.close()
-	fleet, err := e.startFleet(ctx, 2)
+	ws, err := e.startFleet(ctx, 2)
 	if err != nil {
 		return rep, err
 	}
@@ -87,9 +87,9 @@ func Secrets(ctx context.Context, o Options) (*Report, error) {
 	rep.check(t.failed > 0, "no job was dead-lettered: the error paths were not exercised")
 
 	// Everything llmq wrote or shows.
-	for _, w := range fleet {
-		b, _ := os.ReadFile(w.logPath)
-		texts[fmt.Sprintf("worker %d log", w.n)] = string(b)
+	for _, w := range ws {
+		b, _ := os.ReadFile(w.LogPath)
+		texts[fmt.Sprintf("worker %d log", w.N)] = string(b)
 	}
 	resOut, errFile := filepath.Join(e.dir, "results.jsonl"), filepath.Join(e.dir, "errors.jsonl")
 	if out, errOut, err = e.cli(ctx, nil, "results", "--batch", batch, "-o", resOut, "--errors", errFile); err != nil {
@@ -136,9 +136,9 @@ func Secrets(ctx context.Context, o Options) (*Report, error) {
 	}
 	texts["Redis after the batch (every key and value)"] = dump
 	metrics := 0
-	for _, w := range fleet {
-		if body, err := getMetrics(ctx, w.metrics); err == nil {
-			texts[fmt.Sprintf("worker %d /metrics", w.n)] = body
+	for _, w := range ws {
+		if body, err := getMetrics(ctx, w.MetricsAddr); err == nil {
+			texts[fmt.Sprintf("worker %d /metrics", w.N)] = body
 			metrics++
 		}
 	}

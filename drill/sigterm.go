@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/llmq/llmq/fakeupstream"
+	"github.com/llmq/llmq/llmqtest/fleet"
 )
 
 // RollingRestart is drill 3: during a batch, each of four workers in turn
@@ -30,9 +31,9 @@ func RollingRestart(ctx context.Context, o Options) (*Report, error) {
 		return rep, err
 	}
 	defer e.close()
-	fleet := make([]*workerProc, 4)
-	for i := range fleet {
-		if fleet[i], err = e.startWorker(ctx); err != nil {
+	ws := make([]*fleet.Worker, 4)
+	for i := range ws {
+		if ws[i], err = e.startWorker(ctx); err != nil {
 			return rep, err
 		}
 	}
@@ -42,22 +43,22 @@ func RollingRestart(ctx context.Context, o Options) (*Report, error) {
 	}
 	inFlight, handedBack := 0, 0
 	var slowest time.Duration
-	for i := range fleet {
+	for i := range ws {
 		mark := n * (i + 1) / 6
 		if err := waitUntil(ctx, 2*time.Minute, func() (bool, error) { return e.calls.requests() >= mark, nil }); err != nil {
 			return rep, fmt.Errorf("waiting for %d upstream calls: %w", mark, err)
 		}
-		w := fleet[i]
+		w := ws[i]
 		fly := int(e.fake.Stats().InFlight)
-		took, err := w.term(shutdown + 3*time.Second)
+		took, err := w.Term(shutdown + 3*time.Second)
 		if err != nil {
 			rep.fail("%v", err)
 		}
 		inFlight += fly
-		handedBack += countLines(w.logPath, "Quitting worker")
+		handedBack += countLines(w.LogPath, "Quitting worker")
 		slowest = max(slowest, took)
-		e.logf("worker %d stopped by SIGTERM in %v (%d calls in flight fleet-wide)", w.n, took.Round(time.Millisecond), fly)
-		if fleet[i], err = e.startWorker(ctx); err != nil {
+		e.logf("worker %d stopped by SIGTERM in %v (%d calls in flight fleet-wide)", w.N, took.Round(time.Millisecond), fly)
+		if ws[i], err = e.startWorker(ctx); err != nil {
 			return rep, err
 		}
 	}

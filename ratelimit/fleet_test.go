@@ -7,8 +7,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // starve drives a saturated budget on the fake clock for 10 s: a small
@@ -137,7 +135,7 @@ func TestFleetNeverExceedsBudget(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	for p := range 2 {
-		rdb := redis.NewClient(&redis.Options{Addr: redisAddr()})
+		rdb := newClient()
 		defer rdb.Close()
 		l, err := New(rdb, cfg)
 		if err != nil {

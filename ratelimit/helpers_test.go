@@ -12,15 +12,15 @@ import (
 
 // testRedis returns a client and a key prefix no other test uses; the
 // prefix's keys are deleted when t ends.
-func testRedis(t testing.TB) (*redis.Client, string) {
+func testRedis(t testing.TB) (redis.UniversalClient, string) {
 	t.Helper()
 	env := llmqtest.Redis(t)
 	return env.Client, env.Prefix
 }
 
-// redisAddr is the Redis the tests use, for clients standing in for other
-// processes.
-func redisAddr() string { return llmqtest.Addr() }
+// newClient is a client of the Redis the tests use, standing in for another
+// process.
+func newClient() redis.UniversalClient { return llmqtest.NewClient() }
 
 // clock is the manual clock the tests drive.
 type clock = llmqtest.Clock

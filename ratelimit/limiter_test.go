@@ -14,7 +14,7 @@ import (
 var ctx = context.Background()
 
 func TestNewValidates(t *testing.T) {
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr()})
+	rdb := newClient()
 	defer rdb.Close()
 	for _, tc := range []struct {
 		name string
@@ -278,7 +278,7 @@ func TestReconcileAdoptsLowerServerView(t *testing.T) {
 // for another worker process.
 func otherProcess(t *testing.T, l *Limiter) *Limiter {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr()})
+	rdb := newClient()
 	t.Cleanup(func() { _ = rdb.Close() })
 	other, err := New(rdb, l.cfg)
 	if err != nil {

@@ -6,6 +6,7 @@
 package results
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -78,6 +80,7 @@ func (s *Store) Save(ctx context.Context, r *jobs.Result) (Transition, error) {
 	if err != nil {
 		return "", fmt.Errorf("save result %q: encode: %w", r.JobID, err)
 	}
+	b = validUTF8(b)
 	res, err := s.save.Run(ctx, s.rdb, []string{s.resultKey(r.JobID)}, b, r.Status, s.ttl.Milliseconds()).Text()
 	if err != nil {
 		return "", fmt.Errorf("save result %q: %w", r.JobID, err)
@@ -121,6 +124,18 @@ func parseTransition(s string) Transition {
 	return Transition(s)
 }
 
+// validUTF8 returns a JSON record with any invalid UTF-8 replaced by
+// U+FFFD. encoding/json coerces strings but copies a json.RawMessage (a
+// response body) byte for byte; in valid JSON such bytes can only sit in
+// strings, so the record stays the same JSON. Records are stored and read
+// through it, so an export is always valid UTF-8 JSON lines.
+func validUTF8(b []byte) []byte {
+	if utf8.Valid(b) {
+		return b
+	}
+	return bytes.ToValidUTF8(b, []byte("\uFFFD"))
+}
+
 // Get returns the stored result of a job, or ErrNotFound.
 func (s *Store) Get(ctx context.Context, jobID string) (*jobs.Result, error) {
 	b, err := s.rdb.Get(ctx, s.resultKey(jobID)).Bytes()
@@ -131,7 +146,7 @@ func (s *Store) Get(ctx context.Context, jobID string) (*jobs.Result, error) {
 		return nil, fmt.Errorf("read result %q: %w", jobID, err)
 	}
 	var r jobs.Result
-	if err := json.Unmarshal(b, &r); err != nil {
+	if err := json.Unmarshal(validUTF8(b), &r); err != nil {
 		return nil, fmt.Errorf("decode result %q: %w", jobID, err)
 	}
 	return &r, nil
@@ -215,7 +230,7 @@ func (s *Store) Export(ctx context.Context, batchID string, fn func(jobID string
 			var r *jobs.Result
 			if v != "" {
 				r = &jobs.Result{}
-				if err := json.Unmarshal([]byte(v), r); err != nil {
+				if err := json.Unmarshal(validUTF8([]byte(v)), r); err != nil {
 					return fmt.Errorf("export batch %q: decode result %q: %w", batchID, ids[i], err)
 				}
 			}

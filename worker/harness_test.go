@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/llmq/llmq/fakeupstream"
@@ -104,7 +103,7 @@ func (h *harness) startWorker(o workerOpts) *recorder {
 		h.t.Fatal(err)
 	}
 	rec := &recorder{next: client}
-	rdb := redis.NewClient(&redis.Options{Addr: h.env.Addr})
+	rdb := h.env.NewClient()
 	cfg := worker.Config{
 		Redis:           rdb,
 		Upstream:        rec,

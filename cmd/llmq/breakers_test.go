@@ -7,13 +7,16 @@ import (
 	"time"
 
 	"github.com/llmq/llmq/breaker"
+	"github.com/llmq/llmq/config"
 	"github.com/llmq/llmq/fakeupstream"
 )
 
 // `llmq status` shows each model's breaker: closed with its failure count,
 // open with the end of its interval.
 func TestStatusShowsBreakers(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{}, "breaker: {failures: 3, window: 1m, open: 10m}\n")
+	p := newProcEnv(t, fakeupstream.Config{}, func(c *config.Config) {
+		c.Breaker.Failures, c.Breaker.Window, c.Breaker.Open = 3, time.Minute, 10*time.Minute
+	})
 	out, errOut, code := p.run("", "status")
 	if code != 0 || !strings.Contains(out, "breakers: all closed") {
 		t.Fatalf("status before any failure: %d %s %s", code, out, errOut)

@@ -40,7 +40,7 @@ func readLines(t *testing.T, path string) []string {
 
 // The operator's path: enqueue a file and wait, export results and errors.
 func TestEnqueueWaitAndExport(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{Faults: "400,400,400"}, "")
+	p := newProcEnv(t, fakeupstream.Config{Faults: "400,400,400"}, nil)
 	w := p.start("worker", "--concurrency", "4")
 	out, errOut, code := p.run(jsonl(60), "enqueue", "-", "--batch", "cli", "--wait")
 	if code != exitJobsFailed || strings.TrimSpace(out) != "cli" {
@@ -81,7 +81,7 @@ func TestEnqueueWaitAndExport(t *testing.T) {
 }
 
 func TestEnqueueRefusesInvalidFile(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{}, "")
+	p := newProcEnv(t, fakeupstream.Config{}, nil)
 	in := jsonl(3) + `{"custom_id":"x","model":"m","messages":[{"role":"wizard","content":"x"}]}` + "\n"
 	_, errOut, code := p.run(in, "enqueue", "-", "--batch", "bad")
 	if code == 0 || !strings.Contains(errOut, "line 4: invalid job: messages[0].role: must be one of system,user,assistant,tool,developer") {
@@ -94,7 +94,7 @@ func TestEnqueueRefusesInvalidFile(t *testing.T) {
 }
 
 func TestConfigPrintsEffectiveSettingsWithoutKey(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{}, "")
+	p := newProcEnv(t, fakeupstream.Config{}, nil)
 	out, errOut, code := p.run("", "config")
 	if code != 0 {
 		t.Fatalf("config: %d %s", code, errOut)
@@ -112,7 +112,7 @@ func TestConfigPrintsEffectiveSettingsWithoutKey(t *testing.T) {
 // SIGTERM mid-batch: the worker exits cleanly within its shutdown timeout;
 // a new worker finishes the batch; no job is lost or stored twice.
 func TestSIGTERMMidBatchThenRestart(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{Latency: 50 * time.Millisecond}, "")
+	p := newProcEnv(t, fakeupstream.Config{Latency: 50 * time.Millisecond}, nil)
 	const n = 300
 	out, errOut, code := p.run(jsonl(n), "enqueue", "-", "--batch", "term")
 	if code != 0 {

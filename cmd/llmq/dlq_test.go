@@ -15,7 +15,7 @@ import (
 // An operator sees a dead letter, reads why, and re-runs it once the cause
 // is fixed; the job's failed result is replaced by its success.
 func TestDLQListShowRequeue(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{Faults: "400,400"}, "")
+	p := newProcEnv(t, fakeupstream.Config{Faults: "400,400"}, nil)
 	p.start("worker", "--concurrency", "2")
 	if _, errOut, code := p.run(jsonl(2), "enqueue", "-", "--batch", "dlq", "--wait"); code != exitJobsFailed {
 		t.Fatalf("enqueue --wait: code %d %s", code, errOut)
@@ -62,7 +62,7 @@ func TestDLQListShowRequeue(t *testing.T) {
 // A quota hold stops the fleet; `llmq status` shows it and `llmq resume`
 // lifts it.
 func TestResumeLiftsQuotaHold(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{Faults: "quotax1000"}, "")
+	p := newProcEnv(t, fakeupstream.Config{Faults: "quotax1000"}, nil)
 	p.start("worker", "--concurrency", "2")
 	if _, errOut, code := p.run(jsonl(3), "enqueue", "-", "--batch", "hold"); code != 0 {
 		t.Fatalf("enqueue: %s", errOut)

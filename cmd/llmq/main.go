@@ -23,6 +23,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/llmq/llmq/config"
+	"github.com/llmq/llmq/redisconn"
 )
 
 // Set at link time by the Makefile (-ldflags "-X main.version=... -X main.build=...").
@@ -115,42 +116,38 @@ func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 	r.l.Warn().Str("component", "redis").Msg(fmt.Sprintf(format, v...))
 }
 
-// redisOpt parses the configured Redis URL.
-func (a *app) redisOpt() (asynq.RedisConnOpt, error) {
-	opt, err := asynq.ParseRedisURI(a.cfg.RedisURL)
+// redisConn parses the configured Redis URL.
+func (a *app) redisConn() (*redisconn.Conn, error) {
+	c, err := redisconn.Parse(a.cfg.RedisURL)
 	if err != nil {
-		return nil, fmt.Errorf("redis_url (LLMQ_REDIS_URL) %q: %w", redactURL(a.cfg.RedisURL), err)
+		return nil, fmt.Errorf("%w (LLMQ_REDIS_URL)", err)
 	}
-	return opt, nil
+	return c, nil
+}
+
+// redisOpt is asynq's connection to the configured Redis.
+func (a *app) redisOpt() (asynq.RedisConnOpt, error) {
+	c, err := a.redisConn()
+	if err != nil {
+		return nil, err
+	}
+	return c.AsynqOpt(), nil
 }
 
 // redisClient connects to the configured Redis and checks it answers.
 func (a *app) redisClient(ctx context.Context) (redis.UniversalClient, asynq.RedisConnOpt, error) {
-	opt, err := a.redisOpt()
+	c, err := a.redisConn()
 	if err != nil {
 		return nil, nil, err
 	}
-	rdb, ok := opt.MakeRedisClient().(redis.UniversalClient)
-	if !ok {
-		return nil, nil, errors.New("redis: unexpected client type")
-	}
+	rdb := c.NewClient()
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		_ = rdb.Close()
-		return nil, nil, fmt.Errorf("redis at %s does not answer: %w (check LLMQ_REDIS_URL)", redactURL(a.cfg.RedisURL), err)
+		return nil, nil, fmt.Errorf("redis at %s does not answer: %w (check LLMQ_REDIS_URL)", c.Redacted(), err)
 	}
-	return rdb, opt, nil
-}
-
-// redactURL hides a password in a Redis URL.
-func redactURL(u string) string {
-	if i := strings.Index(u, "@"); i > 0 {
-		if j := strings.Index(u, "://"); j > 0 && j < i {
-			return u[:j+3] + "****" + u[i:]
-		}
-	}
-	return u
+	return rdb, c.AsynqOpt(), nil
 }
 
 func (a *app) configCmd() *cobra.Command {

@@ -3,18 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/llmq/llmq/config"
 	"github.com/llmq/llmq/fakeupstream"
 	"github.com/llmq/llmq/llmqtest"
+	"github.com/llmq/llmq/llmqtest/fleet"
 )
 
 // binPath is the llmq binary built once for the process-level tests.
@@ -26,11 +27,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binPath = filepath.Join(dir, "llmq")
-	build := exec.Command("go", "build", "-o", binPath, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build llmq:", err)
+	if binPath, err = fleet.Build(context.Background(), dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -39,15 +37,21 @@ func TestMain(m *testing.M) {
 }
 
 // procEnv is the environment of llmq processes in one test: its own queue,
-// key prefix and fake upstream.
+// key prefix and fake upstream, and the fleet harness running llmq.
 type procEnv struct {
-	t    *testing.T
-	env  *llmqtest.Env
-	fake *fakeupstream.Server
+	t     *testing.T
+	env   *llmqtest.Env
+	fake  *fakeupstream.Server
+	fleet *fleet.Fleet
+	// vars are added to the environment of the commands run (the last
+	// value of a variable wins).
 	vars []string
 }
 
-func newProcEnv(t *testing.T, fcfg fakeupstream.Config, extraYAML string) *procEnv {
+// newProcEnv sets up a test's processes: settings are the harness's test
+// settings (short delays, retry base 20 ms, cap 200 ms), changed by mod
+// when not nil.
+func newProcEnv(t *testing.T, fcfg fakeupstream.Config, mod func(*config.Config)) *procEnv {
 	t.Helper()
 	env := llmqtest.Redis(t)
 	fake, err := fakeupstream.New(fcfg)
@@ -56,75 +60,71 @@ func newProcEnv(t *testing.T, fcfg fakeupstream.Config, extraYAML string) *procE
 	}
 	srv := httptest.NewServer(fake.Handler())
 	t.Cleanup(func() { fake.Close(); srv.Close() })
-	cfg := filepath.Join(t.TempDir(), "llmq.yaml")
-	yml := fmt.Sprintf("prefix: %s\nqueue: %s\nworker:\n  queues: {%s: 1}\n  poll_interval: 50ms\n  shutdown_timeout: 5s\n  hold_recheck: 200ms\nretry:\n  base: 20ms\n  cap: 200ms\n%s",
-		env.Prefix, env.Queue, env.Queue, extraYAML)
-	if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
+	s := fleet.Settings(env.RedisURL(), srv.URL+"/v1", env.Prefix, env.Queue)
+	s.Worker.PollInterval, s.Worker.HoldRecheck = 50*time.Millisecond, 200*time.Millisecond
+	s.Retry.Base, s.Retry.Cap = 20*time.Millisecond, 200*time.Millisecond
+	// Workers of parallel tests must not contend for one metrics port.
+	s.Worker.MetricsAddr = "127.0.0.1:0"
+	if mod != nil {
+		mod(&s)
+	}
+	f, err := fleet.New(fleet.Config{Bin: binPath, Dir: t.TempDir(), Settings: s, APIKey: "sk-proc-test-key-0123456789"})
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &procEnv{t: t, env: env, fake: fake, vars: append(os.Environ(),
-		"LLMQ_CONFIG="+cfg, "LLMQ_REDIS_URL="+env.RedisURL(), "OPENAI_BASE_URL="+srv.URL+"/v1",
-		"OPENAI_API_KEY=sk-proc-test-key-0123456789", "LLMQ_API_KEY_FILE=", "LLMQ_RPM=", "LLMQ_TPM=",
-		// Workers of parallel tests must not contend for :9464.
-		"LLMQ_METRICS_ADDR=127.0.0.1:0")}
+	t.Cleanup(func() { _ = f.Close() })
+	return &procEnv{t: t, env: env, fake: fake, fleet: f}
 }
 
 // run runs llmq to completion and returns stdout, stderr and the exit code.
 func (p *procEnv) run(stdin string, args ...string) (string, string, int) {
 	p.t.Helper()
-	cmd := exec.Command(binPath, args...)
-	cmd.Env = p.vars
+	cmd := p.fleet.Command(context.Background(), args...)
+	cmd.Env = append(cmd.Env, p.vars...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return out.String(), errb.String(), ee.ExitCode()
+	case err != nil:
 		p.t.Fatalf("run llmq %v: %v", args, err)
 	}
-	return out.String(), errb.String(), code
+	return out.String(), errb.String(), 0
 }
 
-// proc is a running llmq process.
+// proc is a running llmq worker.
 type proc struct {
-	cmd  *exec.Cmd
-	logs *llmqtest.Buffer // stderr, readable while the process runs
-	done chan error
+	w    *fleet.Worker
+	logs fmt.Stringer // its log, readable while it runs
 }
 
-// start runs `llmq args...` in the background; the test's end kills it.
+// logView reads a worker's log on each String.
+type logView struct{ w *fleet.Worker }
+
+func (l logView) String() string { return l.w.Log() }
+
+// start runs `llmq worker args...` (args[0] must be "worker") and returns
+// once it has registered; the test's end kills it.
 func (p *procEnv) start(args ...string) *proc {
 	p.t.Helper()
-	cmd := exec.Command(binPath, args...)
-	cmd.Env = p.vars
-	logs := &llmqtest.Buffer{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
+	if len(args) == 0 || args[0] != "worker" {
+		p.t.Fatalf("start %v: only `llmq worker` runs in the background", args)
+	}
+	w, err := p.fleet.Start(context.Background(), args[1:]...)
+	if err != nil {
 		p.t.Fatal(err)
 	}
-	pr := &proc{cmd: cmd, logs: logs, done: make(chan error, 1)}
-	go func() { pr.done <- cmd.Wait() }()
-	p.t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-pr.done
-	})
-	return pr
+	return &proc{w: w, logs: logView{w}}
 }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (pr *proc) stop(t *testing.T, within time.Duration) {
 	t.Helper()
-	_ = pr.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-pr.done:
-		if err != nil {
-			t.Fatalf("worker exited with %v after SIGTERM", err)
-		}
-		pr.done <- nil
-	case <-time.After(within):
-		t.Fatalf("worker did not exit within %v of SIGTERM", within)
+	if _, err := pr.w.Term(within); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -13,8 +14,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/llmq/llmq/config"
 	"github.com/llmq/llmq/fakeupstream"
-	"github.com/llmq/llmq/llmqtest"
 )
 
 // scrape is one parsed /metrics answer.
@@ -75,7 +76,7 @@ series:
 
 // metricsAddr waits for the worker's "serving /metrics" event and returns
 // the address it bound.
-func metricsAddr(t *testing.T, logs *llmqtest.Buffer) string {
+func metricsAddr(t *testing.T, logs fmt.Stringer) string {
 	t.Helper()
 	var addr string
 	waitFor(t, "the worker's metrics server", 15*time.Second, func() bool {
@@ -101,8 +102,9 @@ func metricsAddr(t *testing.T, logs *llmqtest.Buffer) string {
 func TestWorkerMetricsEndpoint(t *testing.T) {
 	// The first three calls: a 400 (dead letter), a 500 (retry), a 429
 	// (rate limited, no attempt burned); every other call succeeds.
-	p := newProcEnv(t, fakeupstream.Config{Faults: "400,500,ratelimit:100ms"},
-		"budgets:\n  default: {rpm: 6000, tpm: 2000000}\n")
+	p := newProcEnv(t, fakeupstream.Config{Faults: "400,500,ratelimit:100ms"}, func(c *config.Config) {
+		c.Budgets = map[string]config.Budget{"default": {RPM: 6000, TPM: 2000000}}
+	})
 	w := p.start("worker", "--concurrency", "1", "--metrics-addr", "127.0.0.1:0")
 	addr := metricsAddr(t, w.logs)
 
@@ -188,7 +190,7 @@ func TestWorkerMetricsEndpoint(t *testing.T) {
 // --metrics-addr off runs the worker without a metrics server; a busy
 // address stops the worker at start with an error that says what to do.
 func TestWorkerMetricsAddrOffAndBusy(t *testing.T) {
-	p := newProcEnv(t, fakeupstream.Config{}, "")
+	p := newProcEnv(t, fakeupstream.Config{}, nil)
 	w := p.start("worker", "--metrics-addr", "127.0.0.1:0")
 	addr := metricsAddr(t, w.logs)
 	_, errOut, code := p.run("", "worker", "--metrics-addr", addr)

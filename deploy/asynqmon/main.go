@@ -33,6 +33,7 @@ import (
 	"github.com/hibiken/asynqmon"
 
 	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/redisconn"
 )
 
 func main() {
@@ -92,11 +93,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if o.probe {
 		return probe(ctx, o.addr)
 	}
-	opt, err := asynq.ParseRedisURI(o.redisURL)
+	conn, err := redisconn.Parse(o.redisURL)
 	if err != nil {
 		return fmt.Errorf("--redis-url (LLMQ_REDIS_URL): %w", err)
 	}
-	h := newHandler(opt, o)
+	h := newHandler(conn.AsynqOpt(), o)
 	defer h.Close()
 	srv := &http.Server{Addr: o.addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan error, 1)

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/llmq/llmq/fakeupstream"
@@ -40,7 +39,7 @@ func TestAsynqmonShowsLlmqJobsReadably(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: env.Addr})
+	rdb := env.NewClient()
 	defer rdb.Close()
 	w, err := worker.New(worker.Config{Redis: rdb, Upstream: client, Prefix: env.Prefix, Concurrency: 1,
 		Queues: map[string]int{env.Queue: 1}, PollInterval: 50 * time.Millisecond, ShutdownTimeout: 5 * time.Second,

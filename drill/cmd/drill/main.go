@@ -23,7 +23,7 @@ import (
 func main() {
 	bin := flag.String("bin", "bin/llmq", "the llmq binary the workers run")
 	size := flag.String("size", "long", "long (full counts) or short (CI counts)")
-	only := flag.String("run", "", "run only drills whose name matches this regexp (kill9, redis-always, redis-everysec, sigterm, poison, chaos, load, secrets)")
+	only := flag.String("run", "", "run only drills whose name matches this regexp (kill9, redis-always, redis-everysec, sigterm, poison, chaos, load, secrets, outage)")
 	dir := flag.String("dir", "", "scratch directory for Redis data, configs and worker logs (default: a new temporary one, removed when every drill passed)")
 	seed := flag.Uint64("seed", 0, "seed of the drills' random choices (0: random; each report names its seed)")
 	flag.Parse()
