@@ -4,7 +4,7 @@ BUILD   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.build=$(BUILD)
 BIN     := bin/llmq
 
-.PHONY: build demo test lint bench bench-enqueue bench-e2e bench-budget bench-outage redis fuzz drill clean
+.PHONY: build demo test test-redis-ha lint bench bench-enqueue bench-e2e bench-budget bench-outage redis fuzz drill clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/llmq
@@ -18,6 +18,13 @@ test: redis
 	go vet ./...
 	@test -z "$$(gofmt -l .)" || (echo "gofmt would change:"; gofmt -l .; exit 1)
 	go test -race -count=1 -timeout 12m ./...
+
+# llmq's Redis-touching tests against real topologies started from redis-server:
+# a 3-master + 3-replica cluster, then a Sentinel set (see cmd/redistopo).
+REDIS_HA_PKGS = ./ratelimit ./breaker ./hold ./results ./cache ./producer ./metrics ./worker
+test-redis-ha:
+	go run ./cmd/redistopo cluster -- go test -count=1 $(REDIS_HA_PKGS)
+	go run ./cmd/redistopo sentinel -- go test -count=1 ./producer ./results ./worker
 
 lint:
 	go vet ./...

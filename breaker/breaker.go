@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/llmq/llmq/redisconn"
 )
 
 //go:embed allow.lua
@@ -342,7 +344,8 @@ func (b *Breaker) status(ctx context.Context, key, scope, model string) (Status,
 
 // List returns the status of every breaker of this Scope that has state in
 // Redis (a model that never failed has none: it is closed), sorted by key.
-// It scans keys: meant for operators, not for the job path.
+// It scans keys (every master of a cluster): meant for operators, not for
+// the job path.
 func (b *Breaker) List(ctx context.Context) ([]Status, error) {
 	prefix := b.cfg.Prefix + ":breaker:{" + b.scope + ":"
 	if b.cfg.PerProcess {
@@ -350,9 +353,12 @@ func (b *Breaker) List(ctx context.Context) ([]Status, error) {
 	}
 	seen := map[string]bool{}
 	var out []Status
-	iter := b.rdb.Scan(ctx, 0, escapeGlob(prefix)+"*", 500).Iterator()
-	for iter.Next(ctx) {
-		key := strings.TrimSuffix(iter.Val(), ":failures")
+	keys, err := redisconn.Scan(ctx, b.rdb, escapeGlob(prefix)+"*")
+	if err != nil {
+		return nil, fmt.Errorf("breaker: list breakers under %q: %w", prefix, err)
+	}
+	for _, k := range keys {
+		key := strings.TrimSuffix(k, ":failures")
 		if seen[key] || !strings.HasSuffix(key, "}") {
 			continue
 		}
@@ -368,9 +374,6 @@ func (b *Breaker) List(ctx context.Context) ([]Status, error) {
 			return nil, err
 		}
 		out = append(out, st)
-	}
-	if err := iter.Err(); err != nil {
-		return nil, fmt.Errorf("breaker: list breakers under %q: %w", prefix, err)
 	}
 	slices.SortFunc(out, func(x, y Status) int { return strings.Compare(x.Key, y.Key) })
 	return out, nil

@@ -20,6 +20,7 @@ import (
 
 	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/cache"
+	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/policy"
 	"github.com/llmq/llmq/ratelimit"
 	"github.com/llmq/llmq/redisconn"
@@ -186,6 +187,10 @@ type Estimate struct {
 	// DefaultMaxTokens is charged per choice for jobs that set no
 	// max_tokens / max_completion_tokens.
 	DefaultMaxTokens int `yaml:"default_max_tokens"`
+	// Method is how a job's prompt is charged to the budget: "chars" (the
+	// default, like OpenAI's rate limiter) or "tokenizer" (see
+	// jobs.MethodChars and jobs.MethodTokenizer).
+	Method string `yaml:"method"`
 }
 
 // Log configures logging.
@@ -261,7 +266,7 @@ func Default() Config {
 		Budgets:       map[string]Budget{DefaultBudget: {}},
 		Breaker:       Breaker{Failures: breaker.DefaultFailures, Window: breaker.DefaultWindow, Open: breaker.DefaultOpen},
 		Results:       Results{TTL: DefaultResultTTL, Retention: DefaultRetention},
-		Estimate:      Estimate{DefaultMaxTokens: DefaultMaxTokens},
+		Estimate:      Estimate{DefaultMaxTokens: DefaultMaxTokens, Method: string(jobs.DefaultMethod)},
 		Log:           Log{Level: DefaultLogLevel, Environment: DefaultEnvironment},
 		BudgetMaxWait: ratelimit.DefaultMaxWait,
 		BudgetTransit: DefaultBudgetTransit,
@@ -453,6 +458,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BudgetTransit < 0 || c.BudgetTransit > time.Minute {
 		bad("budget_transit", "must be from 0 to 1m, typically 100ms, got %v", c.BudgetTransit)
+	}
+	if _, err := jobs.ParseMethod(c.Estimate.Method); err != nil {
+		bad("estimate.method", "must be %q or %q, got %q", jobs.MethodChars, jobs.MethodTokenizer, c.Estimate.Method)
 	}
 	if c.Estimate.DefaultMaxTokens < 1 {
 		bad("estimate.default_max_tokens", "must be at least 1, got %d", c.Estimate.DefaultMaxTokens)

@@ -13,9 +13,9 @@ import (
 // and nodes with the password masked.
 func TestRedisURLForms(t *testing.T) {
 	for _, tc := range []struct{ url, line string }{
-		{"redis://:hunter2@10.0.0.1:6379/1", "# redis: single addr=10.0.0.1:6379 db=1 password=****"},
-		{"redis+sentinel://:hunter2@s1:26379?addr=s2:26379&master_name=llmq", "# redis: sentinel master=llmq sentinels=s1:26379,s2:26379 db=0 password=****"},
-		{"redis+cluster://:hunter2@n1:7000?addr=n2:7001", "# redis: cluster nodes=n1:7000,n2:7001 password=****"},
+		{"redis://:hunter2@10.0.0.1:6379/1", "# redis: single addr=10.0.0.1:6379 db=1 password=xxxxx"},
+		{"redis+sentinel://:hunter2@s1:26379?addr=s2:26379&master_name=llmq", "# redis: sentinel master=llmq sentinels=s1:26379,s2:26379 db=0 password=xxxxx"},
+		{"redis+cluster://:hunter2@n1:7000?addr=n2:7001", "# redis: cluster nodes=n1:7000,n2:7001 password=xxxxx"},
 	} {
 		c := Default()
 		c.RedisURL = tc.url

@@ -1,29 +1,94 @@
 package fakeupstream
 
 import (
+	"encoding/json"
 	"math"
 	"net/http"
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
+
+	"golang.org/x/time/rate"
+
+	"github.com/llmq/llmq/jobs"
 )
 
-// bucket is one per-minute budget: a token bucket of capacity tokens,
-// refilled continuously at limit per minute. Time is always passed in. A
-// bucket with limit 0 is unlimited.
+// Accounting is how the fake charges a request's tokens to its TPM.
+type Accounting string
+
+// Accounting modes.
+const (
+	// AccountTokenizer charges the tokenizer's prompt count (jobs.Estimator
+	// with jobs.MethodTokenizer, the chat format's overhead included) plus
+	// the completion limit × n. The default.
+	AccountTokenizer Accounting = "tokenizer"
+	// AccountChars charges like a limiter that counts characters: per
+	// message, the characters of its text content / 4 (rounded up) + 4,
+	// plus the completion limit × n.
+	AccountChars Accounting = "chars"
+)
+
+// Characters per token and tokens per message of AccountChars.
+const (
+	charsPerToken   = 4
+	charsPerMessage = 4
+)
+
+// charge returns the tokens the limiter charges req, whose tokenizer cost
+// is cost.
+func (s *Server) charge(req *jobs.Request, cost jobs.Cost) int64 {
+	if s.cfg.Accounting != AccountChars {
+		return int64(cost.Total())
+	}
+	n := cost.CompletionTokens
+	for _, m := range req.Messages {
+		n += (textChars(m.Content)+charsPerToken-1)/charsPerToken + charsPerMessage
+	}
+	return int64(n)
+}
+
+// textChars counts the characters of a message content's text.
+func textChars(raw json.RawMessage) int {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return utf8.RuneCountInString(s)
+	}
+	var parts []jobs.ContentPart
+	if json.Unmarshal(raw, &parts) != nil {
+		return 0
+	}
+	n := 0
+	for _, p := range parts {
+		n += utf8.RuneCountInString(p.Text)
+	}
+	return n
+}
+
+// bucket is one per-minute budget: a token bucket of capacity units,
+// refilled continuously at limit per minute, kept by golang.org/x/time/rate.
+// Time is always passed in. A bucket with limit 0 is unlimited.
 type bucket struct {
 	limit    int64
 	capacity float64
-	level    float64
-	last     time.Time
+	rl       *rate.Limiter
+	now      time.Time // the latest instant seen; time never goes back
 }
 
-func newBucket(limit, burst int64, now time.Time) bucket {
-	capacity := float64(limit)
-	if burst > 0 {
-		capacity = float64(burst)
+// newBucket returns a full bucket. Its capacity is burst, else quantum of
+// the limit (at least 1), else a minute's limit.
+func newBucket(limit, burst int64, quantum time.Duration, now time.Time) bucket {
+	if limit == 0 {
+		return bucket{}
 	}
-	return bucket{limit: limit, capacity: capacity, level: capacity, last: now}
+	capacity := limit
+	switch {
+	case burst > 0:
+		capacity = burst
+	case quantum > 0:
+		capacity = max(1, int64(math.Ceil(float64(limit)*float64(quantum)/float64(time.Minute))))
+	}
+	return bucket{limit: limit, capacity: float64(capacity), rl: rate.NewLimiter(rate.Limit(float64(limit)/60), int(capacity)), now: now}
 }
 
 func (b *bucket) on() bool { return b.limit > 0 }
@@ -31,14 +96,18 @@ func (b *bucket) on() bool { return b.limit > 0 }
 // perNano is the refill rate in units per nanosecond.
 func (b *bucket) perNano() float64 { return float64(b.limit) / float64(time.Minute) }
 
-// refill brings the level up to now. A clock that goes backwards refills
-// nothing.
-func (b *bucket) refill(now time.Time) {
-	if dt := now.Sub(b.last); dt > 0 {
-		b.level = math.Min(b.capacity, b.level+float64(dt)*b.perNano())
-		b.last = now
+// at moves the bucket's clock to now; a clock that goes backwards stays.
+func (b *bucket) at(now time.Time) {
+	if now.After(b.now) {
+		b.now = now
 	}
 }
+
+// level is what the bucket holds now.
+func (b *bucket) level() float64 { return b.rl.TokensAt(b.now) }
+
+// take charges n units now; the caller has checked that they fit.
+func (b *bucket) take(n float64) { b.rl.ReserveN(b.now, int(math.Ceil(n-epsilon))) }
 
 // epsilon absorbs float rounding so that waiting exactly the advertised
 // retry-after-ms always suffices.
@@ -46,21 +115,22 @@ const epsilon = 1e-6
 
 // wait returns how long until n units are available (0: now).
 func (b *bucket) wait(n float64) time.Duration {
-	if b.level+epsilon >= n {
+	level := b.level()
+	if level+epsilon >= n {
 		return 0
 	}
-	return ceilMS((n - b.level) / b.perNano())
+	return ceilMS((n - level) / b.perNano())
 }
 
 // untilFull returns how long until the bucket is full again: OpenAI's
 // x-ratelimit-reset-* value.
 func (b *bucket) untilFull() time.Duration {
-	return ceilMS((b.capacity - b.level) / b.perNano())
+	return ceilMS((b.capacity - b.level()) / b.perNano())
 }
 
-func (b *bucket) remaining() int64 { return max(0, int64(math.Floor(b.level+epsilon))) }
+func (b *bucket) remaining() int64 { return max(0, int64(math.Floor(b.level()+epsilon))) }
 
-func (b *bucket) used() int64 { return max(0, int64(math.Round(b.capacity-b.level))) }
+func (b *bucket) used() int64 { return max(0, int64(math.Round(b.capacity-b.level()))) }
 
 // ceilMS rounds ns nanoseconds up to a whole millisecond.
 func ceilMS(ns float64) time.Duration {
@@ -119,10 +189,11 @@ type limiter struct {
 	tpm bucket
 	// cfg kept to rebuild the buckets on reset.
 	rpmLimit, rpmBurst, tpmLimit, tpmBurst int64
+	quantum                                time.Duration
 }
 
 func newLimiter(cfg Config, now time.Time) *limiter {
-	l := &limiter{rpmLimit: cfg.RPM, rpmBurst: cfg.BurstRequests, tpmLimit: cfg.TPM, tpmBurst: cfg.BurstTokens}
+	l := &limiter{rpmLimit: cfg.RPM, rpmBurst: cfg.BurstRequests, tpmLimit: cfg.TPM, tpmBurst: cfg.BurstTokens, quantum: cfg.Quantum}
 	l.reset(now)
 	return l
 }
@@ -130,8 +201,8 @@ func newLimiter(cfg Config, now time.Time) *limiter {
 func (l *limiter) reset(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.rpm = newBucket(l.rpmLimit, l.rpmBurst, now)
-	l.tpm = newBucket(l.tpmLimit, l.tpmBurst, now)
+	l.rpm = newBucket(l.rpmLimit, l.rpmBurst, l.quantum, now)
+	l.tpm = newBucket(l.tpmLimit, l.tpmBurst, l.quantum, now)
 }
 
 func (l *limiter) stateLocked() limitState {
@@ -149,8 +220,8 @@ func (l *limiter) stateLocked() limitState {
 func (l *limiter) peek(now time.Time) limitState {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.rpm.refill(now)
-	l.tpm.refill(now)
+	l.rpm.at(now)
+	l.tpm.at(now)
 	return l.stateLocked()
 }
 
@@ -160,8 +231,8 @@ func (l *limiter) peek(now time.Time) limitState {
 func (l *limiter) take(now time.Time, tokens int64) verdict {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.rpm.refill(now)
-	l.tpm.refill(now)
+	l.rpm.at(now)
+	l.tpm.at(now)
 	if l.tpm.on() && float64(tokens) > l.tpm.capacity {
 		return verdict{tooLarge: true, kind: "tokens", limit: int64(l.tpm.capacity), requested: tokens, state: l.stateLocked()}
 	}
@@ -181,10 +252,10 @@ func (l *limiter) take(now time.Time, tokens int64) verdict {
 		return v
 	}
 	if l.rpm.on() {
-		l.rpm.level = max(0, l.rpm.level-1)
+		l.rpm.take(1)
 	}
 	if l.tpm.on() {
-		l.tpm.level = max(0, l.tpm.level-float64(tokens))
+		l.tpm.take(float64(tokens))
 	}
 	return verdict{ok: true, state: l.stateLocked()}
 }

@@ -36,8 +36,17 @@ type Config struct {
 	// DefaultCompletion) times n. Rejected requests are not charged.
 	RPM, TPM int64
 	// BurstRequests and BurstTokens are the bucket capacities (0: one
-	// minute's limit).
+	// minute's limit, or Quantum's).
 	BurstRequests, BurstTokens int64
+	// Quantum, when set, quantises the limits like a provider enforcing a
+	// per-minute limit per second: each bucket holds Quantum of its rate
+	// (1s: 60,000 RPM becomes 1,000 requests a second). Explicit bursts
+	// win.
+	Quantum time.Duration
+	// Accounting is how a request's tokens are charged to TPM
+	// (AccountTokenizer, the default, or AccountChars); usage is always
+	// the tokenizer's.
+	Accounting Accounting
 	// DefaultCompletion is the completion tokens charged per choice when a
 	// request sets no limit (0: 256).
 	DefaultCompletion int
@@ -111,6 +120,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ContextWindow == 0 {
 		cfg.ContextWindow = DefaultContextWindow
 	}
+	if cfg.Quantum < 0 || cfg.Quantum > time.Minute {
+		return nil, fmt.Errorf("quantum: must be from 0 to 1m, got %s", cfg.Quantum)
+	}
+	switch cfg.Accounting {
+	case "", AccountTokenizer, AccountChars:
+	default:
+		return nil, fmt.Errorf("accounting: must be %q or %q, got %q", AccountTokenizer, AccountChars, cfg.Accounting)
+	}
 	if cfg.Latency < 0 {
 		return nil, fmt.Errorf("latency: must be 0 or more, got %s", cfg.Latency)
 	}
@@ -127,7 +144,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:    cfg,
 		now:    cfg.Now,
-		est:    jobs.NewEstimator(cfg.DefaultCompletion),
+		est:    jobs.NewEstimator(cfg.DefaultCompletion, jobs.WithMethod(jobs.MethodTokenizer)),
 		closed: make(chan struct{}),
 		lim:    newLimiter(cfg, cfg.Now()),
 		faults: newFaultState(cfg.Seed, plan),
@@ -316,7 +333,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 		answer(contextTooLong(s.cfg.ContextWindow, cost.PromptTokens), s.lim.peek(arrived), extra)
 		return
 	}
-	v := s.lim.take(arrived, int64(cost.Total()))
+	v := s.lim.take(arrived, s.charge(req, cost))
 	if !v.ok {
 		s.stats.update(func(st *Stats) { st.Throttled++ })
 		switch {

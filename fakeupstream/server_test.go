@@ -34,7 +34,7 @@ func TestCompletionUsageMatchesEstimator(t *testing.T) {
 		{"limit clips", body("gpt-4o-mini", prompt, map[string]any{"max_completion_tokens": 4}), 4, 1},
 		{"default completion", body("llama-3", "hi", nil), 3, 1},
 	}
-	est := jobs.NewEstimator(3)
+	est := jobs.NewEstimator(3, jobs.WithMethod(jobs.MethodTokenizer))
 	var wantPrompt, wantCompletion int64
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -143,7 +143,7 @@ func TestTPMChargesPromptPlusMaxTokensTimesN(t *testing.T) {
 	big := body("gpt-4o", "count me", map[string]any{"max_tokens": 100, "n": 3})
 	var req jobs.Request
 	_ = json.Unmarshal([]byte(big), &req)
-	cost := int64(jobs.NewEstimator(DefaultCompletion).Estimate(&req).Total())
+	cost := int64(jobs.NewEstimator(DefaultCompletion, jobs.WithMethod(jobs.MethodTokenizer)).Estimate(&req).Total())
 	if cost <= 300 {
 		t.Fatalf("cost %d does not include max_tokens × n", cost)
 	}

@@ -9,4 +9,13 @@
 // [Job.Validate] refuses anything invalid before it reaches Redis, the worker
 // decodes it with [Decode], and the outcome is stored as a [Result] that
 // [Result.OutputLine] turns into an OpenAI Batch output line.
+//
+// Job ids. A job id is the asynq task id, unique in its queue. A batch line
+// without an explicit id gets [JobID](batch id, custom_id), i.e.
+// "<batch id>:<custom_id>". Batch ids use only [BatchIDAlphabet] (no ':'),
+// so the first ':' of such an id ends the batch id and two different
+// (batch, custom_id) pairs never name one job. An explicit id containing
+// ':' must be exactly that id; any other explicit id is the caller's to keep
+// unique (the producer refuses to add a job whose id another batch's job
+// holds).
 package jobs

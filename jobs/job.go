@@ -58,7 +58,7 @@ func Decode(payload []byte) (*Job, error) {
 	if err := json.Unmarshal(payload, &j); err != nil {
 		return nil, &ValidationError{Problems: []Problem{{Path: fieldOf(err, "(payload)"), Message: "cannot decode the job payload: " + jsonReason(err)}}}
 	}
-	if err := j.Validate(); err != nil {
+	if err := j.validate(false); err != nil {
 		return nil, err
 	}
 	return &j, nil

@@ -15,6 +15,16 @@ const MaxBodyBytes = 8 << 20
 // MaxIDLength is the longest job id, custom_id or batch id accepted.
 const MaxIDLength = 256
 
+// MaxAttempts is the most attempts (upstream calls that may fail) a job may
+// ask for. asynq keeps a task's retry count in 32 bits and the producer adds
+// a margin to it, so an unbounded value would wrap negative and archive the
+// job at its first rate limit; no job needs more than this.
+const MaxAttempts = 100
+
+// MaxFallbacks is the longest fallback list a job may carry: each entry can
+// cost one upstream call per attempt.
+const MaxFallbacks = 8
+
 // ErrInvalid is matched (errors.Is) by every validation error.
 var ErrInvalid = errors.New("invalid job")
 
@@ -54,18 +64,38 @@ func (c *checker) add(path, format string, args ...any) {
 
 // Validate checks the job's metadata and request body and returns a
 // *ValidationError listing every problem with its field path, or nil.
-func (j *Job) Validate() error {
+// Besides the body it checks that the batch id uses only BatchIDAlphabet,
+// that a job id holding IDSeparator is the one JobID gives its batch and
+// custom_id, that max_attempts is at most MaxAttempts and the fallback list
+// at most MaxFallbacks long.
+func (j *Job) Validate() error { return j.validate(true) }
+
+// validate checks j; with enqueue false (a payload already in Redis, read by
+// the worker) it skips the id-shape rules added after jobs were enqueued
+// without them, so a running batch is never turned into poison by an
+// upgrade.
+func (j *Job) validate(enqueue bool) error {
 	c := &checker{}
 	c.id("id", j.ID, true)
 	c.id("custom_id", j.CustomID, false)
 	c.id("batch_id", j.BatchID, false)
+	if enqueue && len(c.problems) == 0 {
+		c.batchID("batch_id", j.BatchID, false)
+		c.jobIDShape(j)
+	}
+	if len(j.Fallback) > MaxFallbacks {
+		c.add("fallback", "must list at most %d models, got %d", MaxFallbacks, len(j.Fallback))
+	}
 	for i, m := range j.Fallback {
 		if strings.TrimSpace(m) == "" {
 			c.add(fmt.Sprintf("fallback[%d]", i), "must be a model name")
 		}
 	}
-	if j.MaxAttempts < 0 {
+	switch {
+	case j.MaxAttempts < 0:
 		c.add("max_attempts", "must be 0 (default) or more")
+	case j.MaxAttempts > MaxAttempts:
+		c.add("max_attempts", "must be at most %d, got %d", MaxAttempts, j.MaxAttempts)
 	}
 	c.body(j.Body)
 	if len(c.problems) > 0 {

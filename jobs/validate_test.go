@@ -137,3 +137,29 @@ func TestOutputLine(t *testing.T) {
 		}
 	}
 }
+
+// Issue 10 item 1: with ':' out of batch ids, JobID is injective.
+func TestJobIDIsInjective(t *testing.T) {
+	if err := CheckBatchID("hx:a"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("CheckBatchID(hx:a) = %v, want invalid", err)
+	}
+	for _, ok := range []string{"hx", "batch_0123abc", "demo-20261201-181500", "a.b"} {
+		if err := CheckBatchID(ok); err != nil {
+			t.Errorf("CheckBatchID(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "a b", "x{y}", "é", strings.Repeat("a", MaxIDLength+1)} {
+		if err := CheckBatchID(bad); err == nil {
+			t.Errorf("CheckBatchID(%q) accepted", bad)
+		}
+	}
+	pairs := [][2]string{{"hx", "a:b"}, {"hx-a", "b"}, {"h", "x:a:b"}, {"hx.a", "b"}}
+	seen := map[string][2]string{}
+	for _, p := range pairs {
+		id := JobID(p[0], p[1])
+		if q, ok := seen[id]; ok {
+			t.Fatalf("%v and %v share job id %q", p, q, id)
+		}
+		seen[id] = p
+	}
+}

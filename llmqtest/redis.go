@@ -100,35 +100,22 @@ func Redis(t testing.TB) *Env {
 	return e
 }
 
-// Flush deletes every key of the Env: its prefix and its asynq queue. On a
-// cluster it scans every master and deletes key by key (keys of different
-// slots cannot share a DEL).
+// Flush deletes every key of the Env: its prefix and its asynq queue (on
+// every master of a cluster, key by key: keys of different slots cannot
+// share a DEL).
 func (e *Env) Flush(ctx context.Context) {
-	scan := func(ctx context.Context, c *redis.Client) error {
-		for _, pattern := range []string{e.Prefix + ":*", "asynq:{" + e.Queue + "}*"} {
-			iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-			var keys []string
-			for iter.Next(ctx) {
-				keys = append(keys, iter.Val())
-			}
-			for len(keys) > 0 {
-				n := min(len(keys), 500)
-				_, _ = e.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
-					for _, k := range keys[:n] {
-						p.Unlink(ctx, k)
-					}
-					return nil
-				})
-				keys = keys[n:]
-			}
+	for _, pattern := range []string{e.Prefix + ":*", "asynq:{" + e.Queue + "}*"} {
+		keys, _ := redisconn.Scan(ctx, e.Client, pattern)
+		for len(keys) > 0 {
+			n := min(len(keys), 500)
+			_, _ = e.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range keys[:n] {
+					p.Unlink(ctx, k)
+				}
+				return nil
+			})
+			keys = keys[n:]
 		}
-		return nil
-	}
-	switch c := e.Client.(type) {
-	case *redis.ClusterClient:
-		_ = c.ForEachMaster(ctx, scan)
-	case *redis.Client:
-		_ = scan(ctx, c)
 	}
 	e.Client.SRem(ctx, "asynq:queues", e.Queue)
 }

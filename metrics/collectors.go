@@ -165,23 +165,24 @@ type budgetCollector struct {
 	m   *Metrics
 	src BudgetSource
 
-	limit, capacity, available, util, cooldown *prometheus.Desc
+	limit, capacity, available, util, cooldown, factor *prometheus.Desc
 }
 
 func newBudgetCollector(m *Metrics, src BudgetSource) *budgetCollector {
 	mk := []string{"model", "kind"}
 	return &budgetCollector{
 		m: m, src: src,
-		limit:     prometheus.NewDesc("llmq_budget_limit_per_minute", "Configured fleet-wide budget per minute, by model and kind (requests, tokens).", mk, nil),
-		capacity:  prometheus.NewDesc("llmq_budget_capacity", "Size of the fleet-wide budget bucket (burst), by model and kind.", mk, nil),
+		limit:     prometheus.NewDesc("llmq_budget_limit_per_minute", "Fleet-wide budget per minute in force, by model and kind (requests, tokens): the configured one, or the provider's x-ratelimit-limit-* when lower.", mk, nil),
+		capacity:  prometheus.NewDesc("llmq_budget_capacity", "Size of the fleet-wide budget bucket (burst) now, by model and kind.", mk, nil),
 		available: prometheus.NewDesc("llmq_budget_available", "What the fleet-wide budget bucket holds now, by model and kind.", mk, nil),
 		util:      prometheus.NewDesc("llmq_budget_utilization_ratio", "Share of the fleet-wide budget bucket in use now (1 - available/capacity), by model and kind.", mk, nil),
 		cooldown:  prometheus.NewDesc("llmq_budget_cooldown_seconds", "Seconds left of a fleet-wide 429 cooldown on the model (0 when none).", []string{"model"}, nil),
+		factor:    prometheus.NewDesc("llmq_budget_estimate_factor", "Calibration factor of the model's budget: the provider's tokens per estimated token, learned from its x-ratelimit-remaining-tokens readings (1 until learned).", []string{"model"}, nil),
 	}
 }
 
 func (c *budgetCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.limit, c.capacity, c.available, c.util, c.cooldown} {
+	for _, d := range []*prometheus.Desc{c.limit, c.capacity, c.available, c.util, c.cooldown, c.factor} {
 		ch <- d
 	}
 }
@@ -204,8 +205,8 @@ func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
 			capacity  int64
 			available float64
 		}{
-			{"requests", s.Budget.RPM, s.RequestCapacity, s.Requests},
-			{"tokens", s.Budget.TPM, s.TokenCapacity, s.Tokens},
+			{"requests", s.RPM, s.RequestCapacity, s.Requests},
+			{"tokens", s.TPM, s.TokenCapacity, s.Tokens},
 		} {
 			if d.capacity <= 0 {
 				continue
@@ -221,6 +222,9 @@ func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
 			cool = s.CooldownUntil.Sub(s.At).Seconds()
 		}
 		ch <- prometheus.MustNewConstMetric(c.cooldown, prometheus.GaugeValue, cool, model)
+		if s.TokenCapacity > 0 {
+			ch <- prometheus.MustNewConstMetric(c.factor, prometheus.GaugeValue, s.Factor, model)
+		}
 	}
 }
 

@@ -272,7 +272,7 @@ func TestQueueCollectorReportsTheQueue(t *testing.T) {
 func TestBudgetCollectorReadsTheFleetBudget(t *testing.T) {
 	env := llmqtest.Redis(t)
 	lim, err := ratelimit.New(env.Client, ratelimit.Config{Prefix: env.Prefix, Account: "acct",
-		Budgets: map[string]ratelimit.Budget{"gpt-4o-mini": {RPM: 60, TPM: 10000}}})
+		Budgets: map[string]ratelimit.Budget{"gpt-4o-mini": {RPM: 60, TPM: 10000, BurstRequests: 60, BurstTokens: 10000}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,6 +289,7 @@ func TestBudgetCollectorReadsTheFleetBudget(t *testing.T) {
 	want(t, reg, "llmq_budget_limit_per_minute", L{"model": "gpt-4o-mini", "kind": "tokens"}, 10000)
 	want(t, reg, "llmq_budget_limit_per_minute", L{"model": "gpt-4o-mini", "kind": "requests"}, 60)
 	want(t, reg, "llmq_budget_utilization_ratio", L{"model": "gpt-4o-mini", "kind": "tokens"}, 0)
+	want(t, reg, "llmq_budget_estimate_factor", L{"model": "gpt-4o-mini"}, 1)
 	if _, err := lim.Reserve(context.Background(), "gpt-4o-mini", ratelimit.Cost{Requests: 1, Tokens: 5000}); err != nil {
 		t.Fatal(err)
 	}

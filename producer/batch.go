@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,8 +16,13 @@ import (
 	"github.com/llmq/llmq/results"
 )
 
-// MaxReportedProblems caps the line errors a BatchError lists.
+// MaxReportedProblems caps the line errors a BatchError lists, and the
+// conflicts a ConflictError lists.
 const MaxReportedProblems = 100
+
+// RegisterChunk is how many job ids one Redis call registers in a batch's
+// index.
+const RegisterChunk = 1000
 
 // BatchOption adjusts EnqueueBatch.
 type BatchOption func(*batchOptions)
@@ -25,11 +31,13 @@ type batchOptions struct {
 	batchID  string
 	progress func(done, total int)
 	job      []EnqueueOption
+	spoolDir string
 }
 
-// BatchID names the batch (default: a random "batch_..." id). Job ids are
-// "<batch id>:<custom_id>", so enqueueing the same file under the same batch
-// id again is a no-op.
+// BatchID names the batch (default: a random "batch_..." id). A batch id
+// uses only the characters of jobs.BatchIDAlphabet. Job ids are
+// jobs.JobID(batch id, custom_id), so enqueueing the same file under the
+// same batch id again is a no-op.
 func BatchID(id string) BatchOption { return func(o *batchOptions) { o.batchID = id } }
 
 // Progress is called as jobs are submitted, with the count so far.
@@ -39,6 +47,10 @@ func Progress(fn func(done, total int)) BatchOption { return func(o *batchOption
 func JobOptions(opts ...EnqueueOption) BatchOption {
 	return func(o *batchOptions) { o.job = append(o.job, opts...) }
 }
+
+// SpoolDir sets where EnqueueBatch keeps a copy of an input it cannot seek
+// (a pipe, stdin) between its passes (default: os.TempDir()).
+func SpoolDir(dir string) BatchOption { return func(o *batchOptions) { o.spoolDir = dir } }
 
 // BatchReport says what EnqueueBatch did.
 type BatchReport struct {
@@ -73,17 +85,85 @@ func (e *BatchError) Error() string {
 // Is reports that a BatchError is a jobs.ErrInvalid.
 func (e *BatchError) Is(target error) bool { return target == jobs.ErrInvalid }
 
+// IncompleteError is returned when a batch was registered but not every job
+// was submitted (the context ended, Redis failed). Submitting the same input
+// again under BatchID finishes it: jobs already enqueued are skipped, the
+// others are enqueued. A new batch id would run them twice.
+type IncompleteError struct {
+	BatchID string
+	// Submitted counts the jobs enqueued (or found enqueued) of Jobs.
+	Submitted, Jobs int
+	Err             error
+}
+
+func (e *IncompleteError) Error() string {
+	return fmt.Sprintf("batch %q incomplete: %d of %d jobs submitted: %v", e.BatchID, e.Submitted, e.Jobs, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *IncompleteError) Unwrap() error { return e.Err }
+
+// ErrConflict is matched by an error whose job id already belongs to
+// another batch.
+var ErrConflict = errors.New("job id belongs to another batch")
+
+// Conflict is one job whose id is taken by another batch's job.
+type Conflict struct {
+	// Line is the job's input line (0 for Enqueue).
+	Line  int
+	JobID string
+	// Owner is the batch the id belongs to.
+	Owner string
+}
+
+// ConflictError is returned when jobs could not be enqueued because their
+// explicit ids already belong to jobs of other batches. Those jobs are not
+// part of the batch (its total does not count them, so waiting for it ends);
+// every other job was enqueued. Jobs lists the first MaxReportedProblems.
+type ConflictError struct {
+	BatchID string
+	Jobs    []Conflict
+	Count   int
+}
+
+func (e *ConflictError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "batch %q: %d job(s) not enqueued: their ids belong to other batches", e.BatchID, e.Count)
+	for _, c := range e.Jobs {
+		b.WriteString("\n  ")
+		if c.Line > 0 {
+			fmt.Fprintf(&b, "line %d: ", c.Line)
+		}
+		fmt.Fprintf(&b, "id %q belongs to batch %q", c.JobID, c.Owner)
+	}
+	if e.Count > len(e.Jobs) {
+		fmt.Fprintf(&b, "\n  … and %d more", e.Count-len(e.Jobs))
+	}
+	return b.String()
+}
+
+// Is reports that a ConflictError is an ErrConflict.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// prepared is one job ready to submit.
 type prepared struct {
-	id   string
-	line int
-	task *asynq.Task
-	opts []asynq.Option
+	id    string
+	line  int
+	queue string
+	task  *asynq.Task
+	opts  []asynq.Option
 }
 
 // EnqueueBatch reads JSONL jobs (OpenAI Batch input lines or the short form)
 // from r, validates every line first, and enqueues the batch only if all are
 // valid; otherwise it returns a *BatchError with each problem's line and
-// field path. Jobs are submitted in parallel; re-submitting is idempotent.
+// field path. It streams: the input is read once to validate and once to
+// submit (an input that cannot seek is copied to a temporary file first),
+// so memory grows with the number of jobs (their ids), not with the input's
+// size. Jobs are registered in the batch, then submitted in parallel;
+// re-submitting is idempotent. After registration any failure is an
+// *IncompleteError; jobs whose ids belong to other batches are left out and
+// reported as a *ConflictError.
 func (p *Producer) EnqueueBatch(ctx context.Context, r io.Reader, opts ...BatchOption) (*BatchReport, error) {
 	bo := batchOptions{}
 	for _, opt := range opts {
@@ -92,82 +172,74 @@ func (p *Producer) EnqueueBatch(ctx context.Context, r io.Reader, opts ...BatchO
 	if bo.batchID == "" {
 		bo.batchID = "batch_" + randomID()
 	}
-	if err := (&jobs.Job{ID: "x", BatchID: bo.batchID, Body: []byte(`{"model":"m","messages":[{"role":"user","content":"x"}]}`)}).Validate(); err != nil {
-		return nil, fmt.Errorf("batch id %q: %w", bo.batchID, err)
+	if err := jobs.CheckBatchID(bo.batchID); err != nil {
+		return nil, fmt.Errorf("batch id: %w", err)
 	}
-	list, err := p.prepareBatch(bo, r)
+	src, cleanup, err := rewindable(r, bo.spoolDir)
 	if err != nil {
 		return nil, err
 	}
-	rep := &BatchReport{BatchID: bo.batchID, Jobs: len(list)}
-	const chunk = 1000
-	for i := 0; i < len(list); i += chunk {
-		entries := make([]results.BatchEntry, 0, chunk)
-		for _, pj := range list[i:min(i+chunk, len(list))] {
-			entries = append(entries, results.BatchEntry{JobID: pj.id, Line: pj.line})
+	defer cleanup()
+	entries, err := p.validateBatch(bo, src.first)
+	if err != nil {
+		return nil, err
+	}
+	rep := &BatchReport{BatchID: bo.batchID, Jobs: len(entries)}
+	incomplete := func(err error) error {
+		return &IncompleteError{BatchID: bo.batchID, Submitted: rep.Enqueued + rep.Duplicates, Jobs: rep.Jobs, Err: err}
+	}
+	for i := 0; i < len(entries); i += RegisterChunk {
+		if err := ctx.Err(); err != nil {
+			return rep, incomplete(err)
 		}
-		if _, err := p.store.AddToBatch(ctx, bo.batchID, entries); err != nil {
+		if _, err := p.store.AddToBatch(ctx, bo.batchID, entries[i:min(i+RegisterChunk, len(entries))]); err != nil {
+			return rep, incomplete(err)
+		}
+	}
+	second, err := src.again()
+	if err != nil {
+		return rep, incomplete(err)
+	}
+	conflicts, err := p.submitBatch(ctx, bo, second, rep)
+	if err != nil {
+		return rep, incomplete(err)
+	}
+	if conflicts.Count > 0 {
+		ids := make([]string, 0, conflicts.Count)
+		for _, c := range conflicts.all {
+			ids = append(ids, c.JobID)
+		}
+		if err := p.store.RemoveFromBatch(ctx, bo.batchID, ids); err != nil {
 			return rep, err
 		}
-	}
-	var enq, dup, done atomic.Int64
-	work := make(chan prepared)
-	errc := make(chan error, 1)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	for range min(p.o.parallelism, max(1, len(list))) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for pj := range work {
-				err := p.submit(ctx, pj.id, pj.task, pj.opts)
-				switch {
-				case errors.Is(err, ErrDuplicate):
-					dup.Add(1)
-				case err != nil:
-					select {
-					case errc <- err:
-					default:
-					}
-					cancel()
-					continue
-				default:
-					enq.Add(1)
-				}
-				n := done.Add(1)
-				if bo.progress != nil && (n%256 == 0 || int(n) == len(list)) {
-					bo.progress(int(n), len(list))
-				}
-			}
-		}()
-	}
-send:
-	for _, pj := range list {
-		select {
-		case work <- pj:
-		case <-ctx.Done():
-			break send
-		}
-	}
-	close(work)
-	wg.Wait()
-	rep.Enqueued, rep.Duplicates = int(enq.Load()), int(dup.Load())
-	select {
-	case err := <-errc:
-		return rep, fmt.Errorf("batch %q: %d of %d jobs submitted before: %w; submit the same input again with batch id %q (llmq enqueue FILE --batch %s): jobs already enqueued are skipped, a new batch id would run them twice",
-			bo.batchID, rep.Enqueued+rep.Duplicates, len(list), err, bo.batchID, bo.batchID)
-	default:
-	}
-	if err := ctx.Err(); err != nil {
-		return rep, fmt.Errorf("batch %q: %w", bo.batchID, err)
+		rep.Jobs -= conflicts.Count
+		return rep, &conflicts.ConflictError
 	}
 	return rep, nil
 }
 
-// prepareBatch parses and validates every line of r.
-func (p *Producer) prepareBatch(bo batchOptions, r io.Reader) ([]prepared, error) {
-	jr := jobs.NewReader(r)
+// lineJobs reads the jobs of a batch input, each with custom_id "line-N"
+// when its line sets none. Both passes use it (then batchJob or
+// preparedBatchJob), so they agree on every job.
+type lineJobs struct {
+	r *jobs.Reader
+}
+
+func (l *lineJobs) next() (*jobs.Job, int, error) {
+	job, line, err := l.r.Next()
+	if err != nil {
+		return nil, line, err
+	}
+	if job.CustomID == "" {
+		job.CustomID = fmt.Sprintf("line-%d", line)
+	}
+	return job, line, nil
+}
+
+// validateBatch parses and validates every line of r and returns the
+// batch's entries (job id and line) in input order, or a *BatchError.
+func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchEntry, error) {
+	lj := &lineJobs{r: jobs.NewReader(r)}
 	berr := &BatchError{}
 	fail := func(le *jobs.LineError) {
 		berr.Invalid++
@@ -175,10 +247,14 @@ func (p *Producer) prepareBatch(bo batchOptions, r io.Reader) ([]prepared, error
 			berr.Lines = append(berr.Lines, le)
 		}
 	}
-	seen := map[string]int{}
-	var list []prepared
+	problem := func(line int, path, format string, args ...any) {
+		fail(&jobs.LineError{Line: line, Err: &jobs.ValidationError{Problems: []jobs.Problem{{Path: path, Message: fmt.Sprintf(format, args...)}}}})
+	}
+	seenCustom := map[string]int{}
+	seenID := map[string]int{}
+	var entries []results.BatchEntry
 	for {
-		job, line, err := jr.Next()
+		job, line, err := lj.next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -193,36 +269,198 @@ func (p *Producer) prepareBatch(bo batchOptions, r io.Reader) ([]prepared, error
 		if err != nil {
 			return nil, err
 		}
-		if job.CustomID == "" {
-			job.CustomID = fmt.Sprintf("line-%d", line)
-		}
-		if first, ok := seen[job.CustomID]; ok {
-			fail(&jobs.LineError{Line: line, Err: &jobs.ValidationError{Problems: []jobs.Problem{{Path: "custom_id",
-				Message: fmt.Sprintf("%q repeats line %d; custom ids must be unique in a batch", job.CustomID, first)}}}})
+		if first, ok := seenCustom[job.CustomID]; ok {
+			problem(line, "custom_id", "%q repeats line %d; custom ids must be unique in a batch", job.CustomID, first)
 			continue
 		}
-		seen[job.CustomID] = line
+		seenCustom[job.CustomID] = line
 		if job.BatchID != "" && job.BatchID != bo.batchID {
-			fail(&jobs.LineError{Line: line, Err: &jobs.ValidationError{Problems: []jobs.Problem{{Path: "batch_id",
-				Message: fmt.Sprintf("%q differs from the batch being enqueued (%q)", job.BatchID, bo.batchID)}}}})
+			problem(line, "batch_id", "%q differs from the batch being enqueued (%q)", job.BatchID, bo.batchID)
 			continue
 		}
-		job.BatchID = bo.batchID
-		if job.ID == "" {
-			job.ID = bo.batchID + ":" + job.CustomID
-		}
-		task, opts, err := p.prepare(job, bo.job...)
+		explicit := job.ID != ""
+		id, err := p.batchJob(bo, job)
 		if err != nil {
 			fail(&jobs.LineError{Line: line, Err: err})
 			continue
 		}
-		list = append(list, prepared{id: job.ID, line: line, task: task, opts: opts})
+		if first, ok := seenID[id]; ok {
+			what := "job id"
+			if explicit {
+				what = "id"
+			}
+			problem(line, "id", "%s %q repeats line %d; job ids must be unique in a batch", what, id, first)
+			continue
+		}
+		seenID[id] = line
+		entries = append(entries, results.BatchEntry{JobID: id, Line: line})
 	}
 	if berr.Invalid > 0 {
 		return nil, berr
 	}
-	if len(list) == 0 {
+	if len(entries) == 0 {
 		return nil, fmt.Errorf("batch %q: %w: the input holds no jobs", bo.batchID, jobs.ErrInvalid)
 	}
-	return list, nil
+	return entries, nil
+}
+
+// batchJob completes a batch line's job (batch id, job id) and validates
+// it, returning its id.
+func (p *Producer) batchJob(bo batchOptions, job *jobs.Job) (string, error) {
+	job.BatchID = bo.batchID
+	if job.ID == "" {
+		job.ID = jobs.JobID(bo.batchID, job.CustomID)
+	}
+	if _, err := p.prepare(job, bo.job...); err != nil {
+		return job.ID, err
+	}
+	return job.ID, nil
+}
+
+// conflicts collects the jobs whose ids belong to other batches.
+type conflicts struct {
+	mu  sync.Mutex
+	all []Conflict
+	ConflictError
+}
+
+func (c *conflicts) add(x Conflict) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.all = append(c.all, x)
+	c.Count++
+	if len(c.Jobs) < MaxReportedProblems {
+		c.Jobs = append(c.Jobs, x)
+	}
+}
+
+// submitBatch reads the validated input again and submits its jobs in
+// parallel, one line in memory per submitter.
+func (p *Producer) submitBatch(ctx context.Context, bo batchOptions, r io.Reader, rep *BatchReport) (*conflicts, error) {
+	cf := &conflicts{ConflictError: ConflictError{BatchID: bo.batchID}}
+	var enq, dup, done atomic.Int64
+	work := make(chan prepared)
+	errc := make(chan error, 1)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fail := func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+		cancel()
+	}
+	var wg sync.WaitGroup
+	for range min(p.o.parallelism, max(1, rep.Jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for pj := range work {
+				err := p.submitOwned(ctx, bo.batchID, pj)
+				var ce *ConflictError
+				switch {
+				case errors.As(err, &ce):
+					for _, c := range ce.Jobs {
+						c.Line = pj.line
+						cf.add(c)
+					}
+				case errors.Is(err, ErrDuplicate):
+					dup.Add(1)
+				case err != nil:
+					fail(err)
+					continue
+				default:
+					enq.Add(1)
+				}
+				n := done.Add(1)
+				if bo.progress != nil && (n%256 == 0 || int(n) == rep.Jobs) {
+					bo.progress(int(n), rep.Jobs)
+				}
+			}
+		}()
+	}
+	lj := &lineJobs{r: jobs.NewReader(r)}
+	var readErr error
+send:
+	for {
+		job, line, err := lj.next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			readErr = fmt.Errorf("read the batch input again: %w", err)
+			break
+		}
+		pj, err := p.preparedBatchJob(bo, job)
+		if err != nil {
+			readErr = fmt.Errorf("the batch input changed while it was enqueued: %w", err)
+			break
+		}
+		pj.line = line
+		select {
+		case work <- pj:
+		case <-ctx.Done():
+			break send
+		}
+	}
+	close(work)
+	wg.Wait()
+	rep.Enqueued, rep.Duplicates = int(enq.Load()), int(dup.Load())
+	select {
+	case err := <-errc:
+		return cf, err
+	default:
+	}
+	if readErr != nil {
+		return cf, readErr
+	}
+	if err := ctx.Err(); err != nil {
+		return cf, err
+	}
+	return cf, nil
+}
+
+// preparedBatchJob builds the task of a batch line's job.
+func (p *Producer) preparedBatchJob(bo batchOptions, job *jobs.Job) (prepared, error) {
+	job.BatchID = bo.batchID
+	if job.ID == "" {
+		job.ID = jobs.JobID(bo.batchID, job.CustomID)
+	}
+	pj, err := p.prepare(job, bo.job...)
+	if err != nil {
+		return prepared{}, err
+	}
+	return pj, nil
+}
+
+// rewound is a batch input that can be read twice.
+type rewound struct {
+	first io.Reader
+	again func() (io.Reader, error)
+}
+
+// rewindable returns r readable twice: a seekable file is read in place, any
+// other input is copied to a temporary file in dir as it is read first.
+func rewindable(r io.Reader, dir string) (rewound, func(), error) {
+	if s, ok := r.(io.ReadSeeker); ok {
+		if start, err := s.Seek(0, io.SeekCurrent); err == nil {
+			return rewound{first: s, again: func() (io.Reader, error) {
+				if _, err := s.Seek(start, io.SeekStart); err != nil {
+					return nil, fmt.Errorf("rewind the batch input: %w", err)
+				}
+				return s, nil
+			}}, func() {}, nil
+		}
+	}
+	f, err := os.CreateTemp(dir, "llmq-batch-*.jsonl")
+	if err != nil {
+		return rewound{}, nil, fmt.Errorf("spool the batch input: %w", err)
+	}
+	cleanup := func() { f.Close(); os.Remove(f.Name()) }
+	return rewound{first: io.TeeReader(r, f), again: func() (io.Reader, error) {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return nil, fmt.Errorf("rewind the spooled batch input: %w", err)
+		}
+		return f, nil
+	}}, cleanup, nil
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -31,6 +32,7 @@ var ErrDuplicate = errors.New("job already enqueued")
 // use. Close it when done.
 type Producer struct {
 	client *asynq.Client
+	insp   *asynq.Inspector
 	rdb    redis.UniversalClient
 	store  *results.Store
 	o      options
@@ -85,8 +87,8 @@ func New(redisOpt asynq.RedisConnOpt, opts ...Option) (*Producer, error) {
 	switch {
 	case o.queue == "":
 		return nil, errors.New("producer: queue must not be empty")
-	case o.attempts < 1:
-		return nil, fmt.Errorf("producer: attempts must be at least 1, got %d", o.attempts)
+	case o.attempts < 1 || o.attempts > jobs.MaxAttempts:
+		return nil, fmt.Errorf("producer: attempts must be between 1 and %d, got %d", jobs.MaxAttempts, o.attempts)
 	case o.parallelism < 1:
 		return nil, fmt.Errorf("producer: parallelism must be at least 1, got %d", o.parallelism)
 	}
@@ -96,6 +98,7 @@ func New(redisOpt asynq.RedisConnOpt, opts ...Option) (*Producer, error) {
 	}
 	return &Producer{
 		client: asynq.NewClientFromRedisClient(rdb),
+		insp:   asynq.NewInspectorFromRedisClient(rdb),
 		rdb:    rdb,
 		store:  results.NewStore(rdb, o.prefix, o.resultTTL),
 		o:      o,
@@ -121,7 +124,8 @@ type enqueueOptions struct {
 // priority: workers weigh queues (worker.queues in the configuration).
 func Queue(name string) EnqueueOption { return func(o *enqueueOptions) { o.queue = name } }
 
-// MaxAttempts sets the job's attempts (upstream calls that may fail).
+// MaxAttempts sets the job's attempts (upstream calls that may fail), at
+// most jobs.MaxAttempts; a larger or negative value fails validation.
 func MaxAttempts(n int) EnqueueOption { return func(o *enqueueOptions) { o.attempts = n } }
 
 // Deadline sets the instant after which the job is not tried again.
@@ -133,12 +137,14 @@ func ProcessAt(t time.Time) EnqueueOption { return func(o *enqueueOptions) { o.p
 // Enqueue validates job and enqueues it. A job without an ID gets a random
 // one. It returns the job id; for an id enqueued before it returns the id and
 // an error matching ErrDuplicate, and changes nothing. An invalid job returns
-// a *jobs.ValidationError listing every problem with its field path.
+// a *jobs.ValidationError listing every problem with its field path. A job
+// with a BatchID whose id already belongs to another batch's job is not
+// added to the batch; the error is a *ConflictError (ErrConflict).
 func (p *Producer) Enqueue(ctx context.Context, job *jobs.Job, opts ...EnqueueOption) (string, error) {
 	if job.ID == "" {
 		job.ID = "job_" + randomID()
 	}
-	task, taskOpts, err := p.prepare(job, opts...)
+	pj, err := p.prepare(job, opts...)
 	if err != nil {
 		return job.ID, err
 	}
@@ -147,11 +153,17 @@ func (p *Producer) Enqueue(ctx context.Context, job *jobs.Job, opts ...EnqueueOp
 			return job.ID, err
 		}
 	}
-	return job.ID, p.submit(ctx, job.ID, task, taskOpts)
+	err = p.submitOwned(ctx, job.BatchID, pj)
+	if errors.Is(err, ErrConflict) {
+		if rerr := p.store.RemoveFromBatch(ctx, job.BatchID, []string{job.ID}); rerr != nil {
+			return job.ID, rerr
+		}
+	}
+	return job.ID, err
 }
 
 // prepare applies opts to job, validates it and builds its asynq task.
-func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (*asynq.Task, []asynq.Option, error) {
+func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (prepared, error) {
 	eo := enqueueOptions{queue: p.o.queue}
 	for _, opt := range opts {
 		opt(&eo)
@@ -159,11 +171,11 @@ func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (*asynq.Task, [
 	if !eo.deadline.IsZero() {
 		job.Deadline = eo.deadline
 	}
-	if eo.attempts > 0 {
+	if eo.attempts != 0 {
 		job.MaxAttempts = eo.attempts
 	}
 	if err := job.Validate(); err != nil {
-		return nil, nil, err
+		return prepared{}, err
 	}
 	if job.MaxAttempts == 0 {
 		// The job carries its attempts, so the worker counts against the
@@ -172,7 +184,7 @@ func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (*asynq.Task, [
 	}
 	payload, err := job.Encode()
 	if err != nil {
-		return nil, nil, err
+		return prepared{}, err
 	}
 	// The worker enforces the job's attempts itself. asynq checks "retries
 	// exhausted" before it asks whether an error is a failure, and it also
@@ -184,19 +196,65 @@ func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (*asynq.Task, [
 	if !eo.processAt.IsZero() {
 		taskOpts = append(taskOpts, asynq.ProcessAt(eo.processAt))
 	}
-	return asynq.NewTask(jobs.TaskType, payload), taskOpts, nil
+	return prepared{id: job.ID, queue: eo.queue, task: asynq.NewTask(jobs.TaskType, payload), opts: taskOpts}, nil
 }
 
 // submit enqueues a prepared task.
-func (p *Producer) submit(ctx context.Context, id string, task *asynq.Task, taskOpts []asynq.Option) error {
-	_, err := p.client.EnqueueContext(ctx, task, taskOpts...)
+func (p *Producer) submit(ctx context.Context, pj prepared) error {
+	_, err := p.client.EnqueueContext(ctx, pj.task, pj.opts...)
 	switch {
 	case errors.Is(err, asynq.ErrTaskIDConflict):
-		return fmt.Errorf("job %q: %w", id, ErrDuplicate)
+		return fmt.Errorf("job %q: %w", pj.id, ErrDuplicate)
 	case err != nil:
-		return fmt.Errorf("enqueue job %q: %w", id, err)
+		return fmt.Errorf("enqueue job %q: %w", pj.id, err)
 	}
 	return nil
+}
+
+// submitOwned enqueues a prepared task of batch batchID. When a task with
+// the same id exists, it reads that task's batch: the same batch gives
+// ErrDuplicate (a re-submission), another batch a *ConflictError, so a
+// batch never counts (and nobody waits on) a job that is not its own.
+func (p *Producer) submitOwned(ctx context.Context, batchID string, pj prepared) error {
+	const tries = 3 // the existing task may finish and be removed between the calls
+	var err error
+	for range tries {
+		err = p.submit(ctx, pj)
+		if !errors.Is(err, ErrDuplicate) {
+			return err
+		}
+		owner, found, ierr := p.owner(pj.queue, pj.id)
+		if ierr != nil {
+			return ierr
+		}
+		if !found {
+			continue
+		}
+		if owner != batchID {
+			return &ConflictError{BatchID: batchID, Count: 1, Jobs: []Conflict{{JobID: pj.id, Owner: owner}}}
+		}
+		return err
+	}
+	return err
+}
+
+// owner returns the batch id of the task id in queue; found is false when
+// there is no such task.
+func (p *Producer) owner(queue, id string) (batchID string, found bool, err error) {
+	ti, err := p.insp.GetTaskInfo(queue, id)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("read job %q: %w", id, err)
+	}
+	var j struct {
+		BatchID string `json:"batch_id"`
+	}
+	if err := json.Unmarshal(ti.Payload, &j); err != nil {
+		return "", true, fmt.Errorf("read job %q: decode payload: %w", id, err)
+	}
+	return j.BatchID, true, nil
 }
 
 // Result returns the stored result of a job, or an error matching

@@ -23,17 +23,24 @@ type Budget struct {
 	// TPM is the tokens-per-minute limit; 0 means unlimited.
 	TPM int64 `yaml:"tpm" json:"tpm"`
 	// BurstRequests is the request bucket's capacity: how many requests may
-	// go at once after an idle spell. 0 means one minute's budget (RPM).
+	// go at once after an idle spell. 0 means the default burst:
+	// Config.BurstWindow of RPM (at least one request), grown to what the
+	// provider's x-ratelimit-remaining-requests readings prove its bucket
+	// holds, never above a minute's budget.
 	BurstRequests int64 `yaml:"burst_requests" json:"burst_requests"`
 	// BurstTokens is the token bucket's capacity, and so the largest cost a
-	// single request may have. 0 means one minute's budget (TPM).
+	// single request may have. 0 means the default burst, as for
+	// BurstRequests; a default burst serves a cost above it (up to a
+	// minute's budget) by waiting for a full bucket and leaving it in debt.
 	BurstTokens int64 `yaml:"burst" json:"burst"`
 }
 
-// RequestCapacity returns the request bucket's capacity (0 = unlimited).
+// RequestCapacity returns the request bucket's largest capacity: the burst,
+// or a minute's budget for a default burst (0 = unlimited).
 func (b Budget) RequestCapacity() int64 { return capacity(b.RPM, b.BurstRequests) }
 
-// TokenCapacity returns the token bucket's capacity (0 = unlimited).
+// TokenCapacity returns the token bucket's largest capacity, as
+// RequestCapacity (0 = unlimited).
 func (b Budget) TokenCapacity() int64 { return capacity(b.TPM, b.BurstTokens) }
 
 // units returns the buckets' capacities in stored units (see unit), less
@@ -68,6 +75,27 @@ const (
 	DefaultPrefix  = "llmq"
 	DefaultAccount = "default"
 	DefaultMaxWait = 5 * time.Second
+	// DefaultBurstWindow is the default burst in time of budget: one
+	// second, since providers may enforce a per-minute limit per second
+	// (OpenAI: "60,000 requests/minute may be enforced as 1,000
+	// requests/second").
+	DefaultBurstWindow = time.Second
+)
+
+// Calibration bounds: the factor by which the provider's tokens exceed the
+// fleet's estimates is learned from consecutive x-ratelimit-remaining-tokens
+// readings, from evidence that halves in weight every CalibrationHalfLife,
+// within [FactorMin, FactorMax], once calibrationMinPairs pairs of readings
+// (decayed) support it; a factor within FactorDeadBand of 1 is 1, and of a
+// correction below 1 (the fleet spending more than it estimates, where an
+// error costs 429s) only FactorDownTrust is taken.
+const (
+	FactorMin           = 0.5
+	FactorMax           = 2.0
+	FactorDeadBand      = 0.05
+	FactorDownTrust     = 0.75
+	CalibrationHalfLife = 20 * time.Second
+	calibrationMinPairs = 8
 )
 
 // ClaimGrace is how long a fairness claim outlives the instant its owner was
@@ -112,6 +140,13 @@ type Config struct {
 	// spreads up to Transit. 0 keeps nothing back; llmq's config sets
 	// 100 ms (budget_transit).
 	Transit time.Duration
+	// BurstWindow is the default burst as time of budget, for budgets that
+	// set no burst (default DefaultBurstWindow, 1 s).
+	BurstWindow time.Duration
+	// OnProviderLimit, when set, is called once per model, kind and value
+	// when the provider's x-ratelimit-limit-* is below the configured
+	// limit; the budget then uses the provider's.
+	OnProviderLimit func(ProviderLimit)
 	// Now is the clock (default time.Now). Tests inject one.
 	Now func() time.Time
 }
@@ -131,7 +166,13 @@ func (c Config) validate() (Config, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.BurstWindow == 0 {
+		c.BurstWindow = DefaultBurstWindow
+	}
 	var errs []error
+	if c.BurstWindow < time.Millisecond || c.BurstWindow > time.Minute {
+		errs = append(errs, fmt.Errorf("ratelimit: burst window is %s: set a duration from 1ms to 1m, or 0 for %s", c.BurstWindow, DefaultBurstWindow))
+	}
 	if c.Transit < 0 || c.Transit > time.Minute {
 		errs = append(errs, fmt.Errorf("ratelimit: transit is %s: set a duration from 0 to 1m, typically 100ms", c.Transit))
 	}
@@ -172,7 +213,7 @@ func (b Budget) check(path string) []error {
 		case f.limit < 0:
 			errs = append(errs, fmt.Errorf("ratelimit: %s.%s is %d: set it to a positive limit, or 0 for unlimited", path, f.limitName, f.limit))
 		case f.burst < 0:
-			errs = append(errs, fmt.Errorf("ratelimit: %s.%s is %d: set it to a positive count, or 0 for one minute's budget", path, f.name, f.burst))
+			errs = append(errs, fmt.Errorf("ratelimit: %s.%s is %d: set it to a positive count, or 0 for the default burst", path, f.name, f.burst))
 		case f.limit == 0 && f.burst != 0:
 			errs = append(errs, fmt.Errorf("ratelimit: %s.%s is %d but %s is 0 (unlimited): set %s or remove %s", path, f.name, f.burst, f.limitName, f.limitName, f.name))
 		case f.limit > maxCapacity || f.burst > maxCapacity:

@@ -30,8 +30,21 @@ func newClock() *clock { return llmqtest.NewClock(time.UnixMilli(1_800_000_000_0
 const model = "gpt-test"
 
 // newTest returns a Limiter with budget b for model on a fresh prefix,
-// driven by a fake clock.
+// driven by a fake clock. A burst b leaves at 0 is one minute's limit (set
+// explicitly); newDefaultBurstTest keeps the default burst.
 func newTest(t testing.TB, b Budget, opts ...func(*Config)) (*Limiter, *clock) {
+	t.Helper()
+	if b.BurstRequests == 0 {
+		b.BurstRequests = b.RPM
+	}
+	if b.BurstTokens == 0 {
+		b.BurstTokens = b.TPM
+	}
+	return newDefaultBurstTest(t, b, opts...)
+}
+
+// newDefaultBurstTest is newTest with b's bursts as they are.
+func newDefaultBurstTest(t testing.TB, b Budget, opts ...func(*Config)) (*Limiter, *clock) {
 	t.Helper()
 	c, prefix := testRedis(t)
 	clk := newClock()

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -63,6 +64,23 @@ type Reservation struct {
 	Cost Cost
 	// At is the instant (from Config.Now) the budget was evaluated.
 	At time.Time
+	// Charged is the tokens taken from the budget when OK: Cost.Tokens
+	// times the budget's calibration factor, rounded up.
+	Charged int64
+
+	// The budget's running sums right after this reservation (units), so
+	// Reconcile can place the provider's reading among the fleet's charges.
+	sumReq, sumTok, sumEst int64
+	// refused: the provider answered without charging the call.
+	refused bool
+}
+
+// Refused returns r marked as a call the provider did not charge (a 429, an
+// error answer, no answer): Reconcile then adopts the answer's headers but
+// learns nothing from r's estimate.
+func (r Reservation) Refused() Reservation {
+	r.refused = true
+	return r
 }
 
 // WaitError is returned by Acquire when the wait for the budget is longer
@@ -98,15 +116,20 @@ type ServerView struct {
 	ResetRequests time.Duration
 	// ResetTokens is x-ratelimit-reset-tokens.
 	ResetTokens time.Duration
+	// LimitRequests is x-ratelimit-limit-requests: the provider's requests
+	// per minute.
+	LimitRequests int64
+	// LimitTokens is x-ratelimit-limit-tokens.
+	LimitTokens int64
 }
 
 // NoServerView returns a ServerView with every field unknown.
 func NoServerView() ServerView {
-	return ServerView{RemainingRequests: -1, RemainingTokens: -1, ResetRequests: -1, ResetTokens: -1}
+	return ServerView{RemainingRequests: -1, RemainingTokens: -1, ResetRequests: -1, ResetTokens: -1, LimitRequests: -1, LimitTokens: -1}
 }
 
-// ServerViewFromHeader reads OpenAI's x-ratelimit-remaining-{requests,tokens}
-// and x-ratelimit-reset-{requests,tokens} headers (resets like "1s", "6m0s",
+// ServerViewFromHeader reads OpenAI's x-ratelimit-limit-{requests,tokens},
+// x-ratelimit-remaining-{requests,tokens} and x-ratelimit-reset-{requests,tokens} headers (resets like "1s", "6m0s",
 // "20ms", or plain seconds). Absent or unparsable headers are unknown (-1).
 func ServerViewFromHeader(h http.Header) ServerView {
 	v := NoServerView()
@@ -127,6 +150,8 @@ func ServerViewFromHeader(h http.Header) ServerView {
 		}
 		return -1
 	}
+	v.LimitRequests = count("x-ratelimit-limit-requests")
+	v.LimitTokens = count("x-ratelimit-limit-tokens")
 	v.RemainingRequests = count("x-ratelimit-remaining-requests")
 	v.RemainingTokens = count("x-ratelimit-remaining-tokens")
 	v.ResetRequests = dur("x-ratelimit-reset-requests")
@@ -143,10 +168,18 @@ type Snapshot struct {
 	At time.Time
 	// Budget is the configured budget that applies to Model.
 	Budget Budget
-	// RequestCapacity and TokenCapacity are the buckets' sizes, less the
-	// transit headroom (Config.Transit); 0 means the dimension is
-	// unlimited.
+	// RequestCapacity and TokenCapacity are the buckets' sizes now, less
+	// the transit headroom (Config.Transit); 0 means the dimension is
+	// unlimited. With a default burst they grow to what the provider's
+	// readings prove it holds.
 	RequestCapacity, TokenCapacity int64
+	// RPM and TPM are the limits in force: the configured ones, or the
+	// provider's x-ratelimit-limit-* when lower.
+	RPM, TPM int64
+	// Factor is the calibration factor: the provider's tokens per estimated
+	// token, learned from its x-ratelimit-remaining-tokens readings (1
+	// until there is evidence; from FactorMin to FactorMax).
+	Factor float64
 	// Requests and Tokens are what is available now (0 when unlimited).
 	Requests, Tokens float64
 	// CooldownUntil is the end of a fleet cooldown; zero when none.
@@ -165,6 +198,7 @@ type Limiter struct {
 	script *redis.Script
 	id     string        // distinguishes this Limiter's claim tickets
 	seq    atomic.Uint64 // numbers its claim tickets
+	warned sync.Map      // provider limits already reported
 }
 
 // New returns a Limiter on rdb. It checks cfg and reports every invalid
@@ -212,6 +246,12 @@ func (l *Limiter) check(model string, cost Cost) (Budget, error) {
 		return Budget{}, fmt.Errorf("%w %q and no %q budget: add budgets.%s (or budgets.default: {} for unlimited)", ErrNoBudget, model, DefaultModel, model)
 	}
 	rc, tc := b.units(l.cfg.Transit)
+	if b.BurstTokens == 0 {
+		tc = b.TPM * unit // a default burst serves any cost up to a minute's budget
+	}
+	if b.BurstRequests == 0 {
+		rc = b.RPM * unit
+	}
 	if tc > 0 && cost.Tokens > tc/unit {
 		return Budget{}, fmt.Errorf("%w: model %q: %d tokens asked, the token bucket holds %d (tpm %d, burst %d, transit headroom %s): lower max_tokens or raise the burst",
 			ErrTooLarge, model, cost.Tokens, tc/unit, b.TPM, b.BurstTokens, l.cfg.Transit)
@@ -225,11 +265,11 @@ func (l *Limiter) check(model string, cost Cost) (Budget, error) {
 
 // run evaluates budget.lua on model's key at now with op's extra arguments.
 func (l *Limiter) run(ctx context.Context, op, model string, b Budget, now time.Time, extra ...any) ([]int64, error) {
-	rc, tc := b.units(l.cfg.Transit)
-	args := append([]any{op, now.UnixMilli(), rc, b.RPM, tc, b.TPM}, extra...)
+	args := append([]any{op, now.UnixMilli(), b.RPM, b.TPM, b.BurstRequests, b.BurstTokens,
+		l.cfg.Transit.Milliseconds(), l.cfg.BurstWindow.Milliseconds()}, extra...)
 	out, err := l.script.Run(ctx, l.rdb, []string{l.Key(model)}, args...).Int64Slice()
 	if err != nil {
-		return nil, fmt.Errorf("ratelimit: %s on budget %s in Redis failed: %w (check that Redis is reachable)", op, l.Key(model), err)
+		return nil, fmt.Errorf("ratelimit: %s on budget %s in Redis failed: %w", op, l.Key(model), err)
 	}
 	return out, nil
 }
@@ -259,7 +299,12 @@ func (l *Limiter) reserve(ctx context.Context, model string, b Budget, cost Cost
 	if len(out) < 2 {
 		return Reservation{}, fmt.Errorf("ratelimit: budget script answered %v, want [ok wait ...]: the script and this binary disagree, redeploy", out)
 	}
-	return Reservation{OK: out[0] == 1, Wait: time.Duration(out[1]) * time.Millisecond, Model: model, Cost: cost, At: now}, nil
+	res := Reservation{OK: out[0] == 1, Wait: time.Duration(out[1]) * time.Millisecond, Model: model, Cost: cost, At: now}
+	if res.OK && len(out) >= 8 {
+		res.sumReq, res.sumTok, res.sumEst = out[4], out[5], out[6]
+		res.Charged = (out[7] + unit - 1) / unit
+	}
+	return res, nil
 }
 
 // Acquire takes cost from model's budget, blocking while it has to wait:
@@ -330,13 +375,30 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// Reconcile corrects the budget after the call r reserved for. With
-// Config.RefundUnused, tokens reserved but not used (actualTokens < r's
-// tokens; -1 = unknown) are given back, never above capacity. When the
-// server reports less remaining than the budget holds, the budget adopts
-// the server's view for the whole fleet (and refills from there at the
-// configured rate); a server view is never used to raise the budget.
-// ServerView's resets are not used yet.
+// Reconcile corrects the budget after the call r reserved for, with what
+// the provider's x-ratelimit-* headers say (server; NoServerView when there
+// were none). r is the reservation of the call, marked r.Refused() when
+// the provider answered without charging it (a 429, an error), or a
+// Reservation with only Model set for an answer of unknown origin.
+//
+//   - Refund: with Config.RefundUnused, tokens reserved but not used
+//     (actualTokens < r's tokens; -1 = unknown) are given back, never above
+//     capacity.
+//   - Limits: a provider limit lower than the configured one
+//     (x-ratelimit-limit-*) becomes the budget's rate for the whole fleet,
+//     and Config.OnProviderLimit is told once.
+//   - Remaining: the provider's reading is carried to now (charges the
+//     fleet made after r subtracted, the refill since r added) and adopted
+//     when lower than the budget; when higher (a slow start, a provider
+//     bucket larger than the default burst) it is adopted less one
+//     transit's worth, up to the capacity the provider's readings prove.
+//     Without r's position among the fleet's charges a reading is only
+//     adopted when lower.
+//   - Calibration: consecutive readings tell what the provider charged
+//     between them; over decayed evidence their ratio to the fleet's
+//     estimates is the budget's calibration factor (see the package doc).
+//
+// ServerView's resets are parsed but not used.
 func (l *Limiter) Reconcile(ctx context.Context, r Reservation, actualTokens int64, server ServerView) error {
 	b, ok := l.Budget(r.Model)
 	if !ok {
@@ -345,8 +407,10 @@ func (l *Limiter) Reconcile(ctx context.Context, r Reservation, actualTokens int
 	if b.RequestCapacity() == 0 && b.TokenCapacity() == 0 {
 		return nil // an unlimited budget has no level to correct: no round trip
 	}
+	l.noteLimit(r.Model, "requests", b.RPM, server.LimitRequests)
+	l.noteLimit(r.Model, "tokens", b.TPM, server.LimitTokens)
 	var refund int64
-	if l.cfg.RefundUnused && r.OK && actualTokens >= 0 && actualTokens < r.Cost.Tokens {
+	if l.cfg.RefundUnused && r.OK && !r.refused && actualTokens >= 0 && actualTokens < r.Cost.Tokens {
 		refund = (r.Cost.Tokens - actualTokens) * unit
 	}
 	sr, st := int64(-1), int64(-1)
@@ -356,11 +420,51 @@ func (l *Limiter) Reconcile(ctx context.Context, r Reservation, actualTokens int
 	if server.RemainingTokens >= 0 {
 		st = min(server.RemainingTokens, maxCapacity) * unit
 	}
-	if refund == 0 && sr < 0 && st < 0 {
+	lr, lt := limitArg(server.LimitRequests), limitArg(server.LimitTokens)
+	if refund == 0 && sr < 0 && st < 0 && lr < 0 && lt < 0 {
 		return nil
 	}
-	_, err := l.run(ctx, "reconcile", r.Model, b, l.cfg.Now(), refund, sr, st)
+	var at int64
+	refused := "1"
+	if r.OK {
+		at = r.At.UnixMilli()
+		if !r.refused {
+			refused = "0"
+		}
+	}
+	_, err := l.run(ctx, "reconcile", r.Model, b, l.cfg.Now(), refund, sr, st, lr, lt,
+		r.sumReq, r.sumTok, r.sumEst, at, r.Charged*unit, refused,
+		FactorMin, FactorMax, CalibrationHalfLife.Milliseconds(), calibrationMinPairs, r.Cost.Tokens*unit, FactorDeadBand, FactorDownTrust)
 	return err
+}
+
+// limitArg is a provider limit as budget.lua takes it: -1 unknown.
+func limitArg(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return min(n, maxCapacity)
+}
+
+// noteLimit tells Config.OnProviderLimit, once per model, kind and value,
+// that the provider's limit is below the configured one.
+func (l *Limiter) noteLimit(model, kind string, configured, provider int64) {
+	if l.cfg.OnProviderLimit == nil || provider <= 0 || configured <= 0 || provider >= configured {
+		return
+	}
+	if _, seen := l.warned.LoadOrStore(model+"\x00"+kind+"\x00"+strconv.FormatInt(provider, 10), struct{}{}); seen {
+		return
+	}
+	l.cfg.OnProviderLimit(ProviderLimit{Model: model, Kind: kind, Configured: configured, Provider: provider})
+}
+
+// ProviderLimit reports a provider limit (x-ratelimit-limit-requests or
+// -tokens) below the configured budget: the budget uses the provider's.
+type ProviderLimit struct {
+	// Model is the budget's model; Kind is "requests" or "tokens".
+	Model, Kind string
+	// Configured and Provider are the per-minute limits.
+	Configured, Provider int64
 }
 
 // Cooldown stops the whole fleet from reserving on model's budget until
@@ -391,19 +495,19 @@ func (l *Limiter) Usage(ctx context.Context, model string) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("%w %q and no %q budget", ErrNoBudget, model, DefaultModel)
 	}
 	now := l.cfg.Now()
-	rc, tc := b.units(l.cfg.Transit)
 	out, err := l.run(ctx, "usage", model, b, now)
 	if err != nil {
 		return Snapshot{}, err
 	}
-	if len(out) < 6 {
-		return Snapshot{}, fmt.Errorf("ratelimit: budget script answered %v, want 6 numbers: the script and this binary disagree, redeploy", out)
+	if len(out) < 11 {
+		return Snapshot{}, fmt.Errorf("ratelimit: budget script answered %v, want 11 numbers: the script and this binary disagree, redeploy", out)
 	}
 	s := Snapshot{
 		Model: model, Account: l.cfg.Account, Key: l.Key(model), At: now, Budget: b,
-		RequestCapacity: rc / unit, TokenCapacity: tc / unit,
 		Requests: float64(out[0]) / unit, Tokens: float64(out[1]) / unit,
 		ClaimRequests: out[3] / unit, ClaimTokens: out[4] / unit,
+		RequestCapacity: out[6] / unit, TokenCapacity: out[7] / unit,
+		RPM: out[8], TPM: out[9], Factor: float64(out[10]) / 1e6,
 	}
 	if out[2] > 0 {
 		s.CooldownUntil = time.UnixMilli(out[2])

@@ -244,7 +244,9 @@ func TestReconcileRefund(t *testing.T) {
 
 func TestReconcileAdoptsLowerServerView(t *testing.T) {
 	l, _ := newTest(t, Budget{RPM: 100, TPM: 10_000})
-	r := mustReserve(t, l, Cost{1, 1000}) // 99 requests, 9000 tokens left
+	mustReserve(t, l, Cost{1, 1000}) // 99 requests, 9000 tokens left
+	// A reading without its place among the fleet's charges (a 429's).
+	r := Reservation{Model: model}
 	sv := NoServerView()
 	sv.RemainingRequests, sv.RemainingTokens = 500, 20_000 // more than ours: ignored
 	if err := l.Reconcile(ctx, r, -1, sv); err != nil {
@@ -293,14 +295,14 @@ func TestServerViewFromHeader(t *testing.T) {
 	h.Set("x-ratelimit-remaining-tokens", "149984")
 	h.Set("x-ratelimit-reset-requests", "6m0s")
 	h.Set("x-ratelimit-reset-tokens", "20ms")
-	want := ServerView{59, 149984, 6 * time.Minute, 20 * time.Millisecond}
+	want := ServerView{59, 149984, 6 * time.Minute, 20 * time.Millisecond, -1, -1}
 	if got := ServerViewFromHeader(h); got != want {
 		t.Errorf("ServerViewFromHeader = %+v, want %+v", got, want)
 	}
 	h = http.Header{}
 	h.Set("x-ratelimit-reset-tokens", "1.5")
 	h.Set("x-ratelimit-remaining-tokens", "lots")
-	want = ServerView{-1, -1, -1, 1500 * time.Millisecond}
+	want = ServerView{-1, -1, -1, 1500 * time.Millisecond, -1, -1}
 	if got := ServerViewFromHeader(h); got != want {
 		t.Errorf("ServerViewFromHeader = %+v, want %+v", got, want)
 	}
@@ -377,7 +379,7 @@ func TestNoBudget(t *testing.T) {
 	if _, err := l.Reserve(ctx, "other-model", Cost{1, 1}); !errors.Is(err, ErrNoBudget) {
 		t.Fatalf("Reserve = %v, want ErrNoBudget", err)
 	}
-	l2, _ := newTest(t, Budget{}, func(c *Config) { c.Budgets = map[string]Budget{DefaultModel: {RPM: 1}} })
+	l2, _ := newTest(t, Budget{}, func(c *Config) { c.Budgets = map[string]Budget{DefaultModel: {RPM: 1, BurstRequests: 1}} })
 	if r, err := l2.Reserve(ctx, "other-model", Cost{1, 1}); err != nil || !r.OK {
 		t.Fatalf("Reserve with a default budget = %+v, %v", r, err)
 	}

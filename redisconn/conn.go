@@ -23,7 +23,7 @@ const (
 )
 
 // masked replaces a password wherever a Conn is shown.
-const masked = "****"
+const masked = "xxxxx" // as net/url.URL.Redacted
 
 // Mode is how llmq reaches Redis.
 type Mode string
@@ -294,8 +294,8 @@ func (c *Conn) tlsConfig() *tls.Config {
 }
 
 // AsynqOpt returns asynq's connection option for the URL:
-// asynq.RedisClientOpt, asynq.RedisFailoverClientOpt or
-// asynq.RedisClusterClientOpt.
+// asynq.RedisClientOpt, asynq.RedisFailoverClientOpt or a [ClusterOpt]
+// (asynq.RedisClusterClientOpt with llmq's failover tuning).
 func (c *Conn) AsynqOpt() asynq.RedisConnOpt {
 	switch c.Mode {
 	case Sentinel:
@@ -306,11 +306,11 @@ func (c *Conn) AsynqOpt() asynq.RedisConnOpt {
 			PoolSize: c.PoolSize, TLSConfig: c.tlsConfig(),
 		}
 	case Cluster:
-		return asynq.RedisClusterClientOpt{
+		return ClusterOpt{RedisClusterClientOpt: asynq.RedisClusterClientOpt{
 			Addrs: c.Addrs, Username: c.Username, Password: c.password,
 			DialTimeout: c.DialTimeout, ReadTimeout: c.ReadTimeout, WriteTimeout: c.WriteTimeout,
 			TLSConfig: c.tlsConfig(),
-		}
+		}, conn: c}
 	}
 	return asynq.RedisClientOpt{
 		Network: c.Network, Addr: c.Addrs[0], Username: c.Username, Password: c.password, DB: c.DB,
@@ -322,6 +322,10 @@ func (c *Conn) AsynqOpt() asynq.RedisConnOpt {
 // NewClient returns a new go-redis client for the URL: a *redis.Client, a
 // failover client (Sentinel) or a *redis.ClusterClient. The caller closes
 // it. It does not connect until first used.
+//
+// A cluster client re-reads the slot map after any failed command and at
+// least every [ClusterStateReload]: go-redis alone keeps sending a dead
+// master's slots to it for up to a minute after its replica took over.
 func (c *Conn) NewClient() redis.UniversalClient {
 	switch c.Mode {
 	case Sentinel:
@@ -332,11 +336,14 @@ func (c *Conn) NewClient() redis.UniversalClient {
 			PoolSize: c.PoolSize, TLSConfig: c.tlsConfig(),
 		})
 	case Cluster:
-		return redis.NewClusterClient(&redis.ClusterOptions{
+		cc := redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: c.Addrs, Username: c.Username, Password: c.password,
 			DialTimeout: c.DialTimeout, ReadTimeout: c.ReadTimeout, WriteTimeout: c.WriteTimeout,
 			PoolSize: c.PoolSize, TLSConfig: c.tlsConfig(),
+			ClusterStateReloadInterval: ClusterStateReload,
 		})
+		cc.AddHook(reloadOnError{cc})
+		return cc
 	}
 	return redis.NewClient(&redis.Options{
 		Network: c.Network, Addr: c.Addrs[0], Username: c.Username, Password: c.password, DB: c.DB,
@@ -347,7 +354,7 @@ func (c *Conn) NewClient() redis.UniversalClient {
 
 // String describes the connection for people: its mode, nodes and
 // database, with any password masked, e.g.
-// "sentinel master=mymaster sentinels=10.0.0.1:26379,10.0.0.2:26379 db=0 password=****".
+// "sentinel master=mymaster sentinels=10.0.0.1:26379,10.0.0.2:26379 db=0 password=xxxxx".
 func (c *Conn) String() string {
 	var b strings.Builder
 	b.WriteString(string(c.Mode))
@@ -378,7 +385,7 @@ func (c *Conn) String() string {
 func (c *Conn) GoString() string { return c.String() }
 
 // Redacted returns the connection as a URL in canonical form with every
-// password replaced by ****: safe for logs, errors and `llmq config`.
+// password replaced by xxxxx: safe for logs, errors and `llmq config`.
 func (c *Conn) Redacted() string {
 	scheme := "redis"
 	if c.TLS {

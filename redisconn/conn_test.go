@@ -34,24 +34,24 @@ func TestParseForms(t *testing.T) {
 			"single addr=localhost:6379 db=0", "redis://localhost:6379/0"},
 		{"redis://:" + secret + "@10.0.0.1:6380/2?dial_timeout=3&read_timeout=500ms&pool_size=20", redisconn.Single,
 			[]string{"10.0.0.1:6380"}, 2, "", false,
-			"single addr=10.0.0.1:6380 db=2 password=****",
-			"redis://:****@10.0.0.1:6380/2?dial_timeout=3s&read_timeout=500ms&pool_size=20"},
+			"single addr=10.0.0.1:6380 db=2 password=xxxxx",
+			"redis://:xxxxx@10.0.0.1:6380/2?dial_timeout=3s&read_timeout=500ms&pool_size=20"},
 		{"rediss://app:" + secret + "@cache.example:6380?db=3", redisconn.Single, []string{"cache.example:6380"}, 3, "", true,
-			"single tls addr=cache.example:6380 db=3 user=app password=****", "rediss://app:****@cache.example:6380/3"},
+			"single tls addr=cache.example:6380 db=3 user=app password=xxxxx", "rediss://app:xxxxx@cache.example:6380/3"},
 		{"redis://[::1]:7000/1", redisconn.Single, []string{"[::1]:7000"}, 1, "", false,
 			"single addr=[::1]:7000 db=1", "redis://[::1]:7000/1"},
 		{"unix://:" + secret + "@/run/redis.sock?db=4", redisconn.Single, []string{"/run/redis.sock"}, 4, "", false,
-			"single addr=/run/redis.sock db=4 password=****", "unix://:****@/run/redis.sock?db=4"},
+			"single addr=/run/redis.sock db=4 password=xxxxx", "unix://:xxxxx@/run/redis.sock?db=4"},
 		{"redis+sentinel://:" + secret + "@s1:26379?addr=s2:26380&addr=s3&master_name=mymaster&db=1&sentinel_password=" + secret,
 			redisconn.Sentinel, []string{"s1:26379", "s2:26380", "s3:26379"}, 1, "mymaster", false,
-			"sentinel master=mymaster sentinels=s1:26379,s2:26380,s3:26379 db=1 password=**** sentinel_password=****",
-			"redis+sentinel://:****@s1:26379?addr=s2:26380&addr=s3:26379&master_name=mymaster&db=1&sentinel_password=****"},
+			"sentinel master=mymaster sentinels=s1:26379,s2:26380,s3:26379 db=1 password=xxxxx sentinel_password=xxxxx",
+			"redis+sentinel://:xxxxx@s1:26379?addr=s2:26380&addr=s3:26379&master_name=mymaster&db=1&sentinel_password=xxxxx"},
 		{"redis+sentinel://s1?master_name=m", redisconn.Sentinel, []string{"s1:26379"}, 0, "m", false,
 			"sentinel master=m sentinels=s1:26379 db=0", "redis+sentinel://s1:26379?master_name=m&db=0"},
 		{"redis+cluster://:" + secret + "@n1:7000?addr=n2:7001&addr=n3:7002", redisconn.Cluster,
 			[]string{"n1:7000", "n2:7001", "n3:7002"}, 0, "", false,
-			"cluster nodes=n1:7000,n2:7001,n3:7002 password=****",
-			"redis+cluster://:****@n1:7000?addr=n2:7001&addr=n3:7002"},
+			"cluster nodes=n1:7000,n2:7001,n3:7002 password=xxxxx",
+			"redis+cluster://:xxxxx@n1:7000?addr=n2:7001&addr=n3:7002"},
 		{"rediss+cluster://n1:7000/0", redisconn.Cluster, []string{"n1:7000"}, 0, "", true,
 			"cluster tls nodes=n1:7000", "rediss+cluster://n1:7000"},
 	}
@@ -94,8 +94,6 @@ func TestParseClients(t *testing.T) {
 		{"redis://:pw@h:1/2", asynq.RedisClientOpt{Network: "tcp", Addr: "h:1", Password: "pw", DB: 2}, &redis.Client{}},
 		{"redis+sentinel://:pw@s:2?master_name=m&db=3&addr=t:4", asynq.RedisFailoverClientOpt{
 			MasterName: "m", SentinelAddrs: []string{"s:2", "t:4"}, Password: "pw", DB: 3}, &redis.Client{}},
-		{"redis+cluster://:pw@n:3?addr=o:4&write_timeout=2s", asynq.RedisClusterClientOpt{
-			Addrs: []string{"n:3", "o:4"}, Password: "pw", WriteTimeout: 2 * time.Second}, &redis.ClusterClient{}},
 	} {
 		c, err := redisconn.Parse(tc.url)
 		if err != nil {
@@ -110,7 +108,17 @@ func TestParseClients(t *testing.T) {
 		}
 		_ = cl.Close()
 	}
-	c, _ := redisconn.Parse("rediss://h:1")
+	c, _ := redisconn.Parse("redis+cluster://:pw@n:3?addr=o:4&write_timeout=2s")
+	o, ok := c.AsynqOpt().(redisconn.ClusterOpt)
+	if !ok || fmt.Sprint(o.Addrs) != "[n:3 o:4]" || o.Password != "pw" || o.WriteTimeout != 2*time.Second {
+		t.Errorf("cluster AsynqOpt = %T %+v", c.AsynqOpt(), o.Addrs)
+	}
+	if cl, ok := o.MakeRedisClient().(*redis.ClusterClient); !ok {
+		t.Errorf("cluster MakeRedisClient = %T", o.MakeRedisClient())
+	} else {
+		_ = cl.Close()
+	}
+	c, _ = redisconn.Parse("rediss://h:1")
 	if o := c.AsynqOpt().(asynq.RedisClientOpt); o.TLSConfig == nil || o.TLSConfig.ServerName != "h" {
 		t.Errorf("rediss TLS = %+v", o.TLSConfig)
 	}

@@ -20,7 +20,7 @@ func ExampleParse() {
 	_, err = redisconn.Parse("redis+sentinel://:hunter2@10.0.0.1:26379")
 	fmt.Println(err)
 	// Output:
-	// sentinel master=llmq sentinels=10.0.0.1:26379,10.0.0.2:26379 db=0 password=****
-	// redis+sentinel://:****@10.0.0.1:26379?addr=10.0.0.2:26379&master_name=llmq&db=0
+	// sentinel master=llmq sentinels=10.0.0.1:26379,10.0.0.2:26379 db=0 password=xxxxx
+	// redis+sentinel://:xxxxx@10.0.0.1:26379?addr=10.0.0.2:26379&master_name=llmq&db=0
 	// redis url: master_name: missing (redis+sentinel URLs need master_name=NAME)
 }

@@ -34,20 +34,24 @@ var countLua string
 //go:embed register.lua
 var registerLua string
 
+//go:embed unregister.lua
+var unregisterLua string
+
 // Store reads and writes result records. It is safe for concurrent use.
 type Store struct {
-	rdb      redis.UniversalClient
-	prefix   string
-	ttl      time.Duration
-	save     *redis.Script
-	count    *redis.Script
-	register *redis.Script
+	rdb        redis.UniversalClient
+	prefix     string
+	ttl        time.Duration
+	save       *redis.Script
+	count      *redis.Script
+	register   *redis.Script
+	unregister *redis.Script
 }
 
 // NewStore returns a Store whose keys start with prefix and expire after ttl.
 func NewStore(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Store {
 	return &Store{rdb: rdb, prefix: prefix, ttl: ttl, save: redis.NewScript(saveLua), count: redis.NewScript(countLua),
-		register: redis.NewScript(registerLua)}
+		register: redis.NewScript(registerLua), unregister: redis.NewScript(unregisterLua)}
 }
 
 func (s *Store) resultKey(jobID string) string  { return s.prefix + ":result:" + jobID }
@@ -261,4 +265,20 @@ func (s *Store) mget(ctx context.Context, keys []string) ([]string, error) {
 		out[i] = v
 	}
 	return out, nil
+}
+
+// RemoveFromBatch takes jobs out of a batch's index (they turned out to
+// belong to another batch) and shrinks its total by the number removed.
+func (s *Store) RemoveFromBatch(ctx context.Context, batchID string, jobIDs []string) error {
+	if len(jobIDs) == 0 {
+		return nil
+	}
+	args := make([]any, len(jobIDs))
+	for i, id := range jobIDs {
+		args[i] = id
+	}
+	if err := s.unregister.Run(ctx, s.rdb, []string{s.batchKey(batchID), s.batchJobsKey(batchID)}, args...).Err(); err != nil {
+		return fmt.Errorf("remove %d jobs from batch %q: %w", len(jobIDs), batchID, err)
+	}
+	return nil
 }

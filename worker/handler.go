@@ -108,7 +108,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		resp, v = w.call(ctx, r, model, i, body)
 		w.settle(ctx, r, permit, v)
-		w.reconcile(ctx, grant, resp, v)
+		w.reconcile(ctx, r, grant, resp)
 		if permit.Probe && v.Breaker && w.freeProbe(ctx, r) {
 			// The probe failed and reopened the breaker: the outage, not
 			// the job, is to blame, so no attempt is burned.
@@ -268,27 +268,36 @@ func (w *Worker) call(ctx context.Context, r *run, model string, tier int, body 
 }
 
 // reconcile tells the budget what the call really cost and what the server
-// says is left.
-func (w *Worker) reconcile(ctx context.Context, grant *ratelimit.Reservation, resp *upstream.Response, v policy.Verdict) {
+// says is left. A call without a completion (a 429, an error answer, no
+// answer) was not charged by the provider: its error's x-ratelimit-*
+// headers are still the provider's view.
+func (w *Worker) reconcile(ctx context.Context, r *run, grant *ratelimit.Reservation, resp *upstream.Response) {
 	if grant == nil || w.cfg.Limiter == nil {
 		return
 	}
 	actual := int64(-1) // unknown: nothing is refunded
 	view := ratelimit.NoServerView()
+	g := *grant
 	if resp != nil {
 		if resp.Usage.TotalTokens > 0 {
 			actual = int64(resp.Usage.TotalTokens)
 		}
 		view = serverView(resp.RateLimit)
+	} else {
+		g = g.Refused()
+		var ue *upstream.Error
+		if errors.As(r.lastErr, &ue) {
+			view = serverView(ue.RateLimit)
+		}
 	}
-	if err := w.cfg.Limiter.Reconcile(ctx, *grant, actual, view); err != nil {
+	if err := w.cfg.Limiter.Reconcile(ctx, g, actual, view); err != nil {
 		w.log.Warn().Err(err).Msg("budget reconcile failed")
 	}
 }
 
 func serverView(rl upstream.RateLimit) ratelimit.ServerView {
 	return ratelimit.ServerView{RemainingRequests: rl.RemainingRequests, RemainingTokens: rl.RemainingTokens,
-		ResetRequests: rl.ResetRequests, ResetTokens: rl.ResetTokens}
+		ResetRequests: rl.ResetRequests, ResetTokens: rl.ResetTokens, LimitRequests: rl.LimitRequests, LimitTokens: rl.LimitTokens}
 }
 
 func (w *Worker) succeed(ctx context.Context, r *run, model string, tier int, resp *upstream.Response) error {
@@ -354,17 +363,10 @@ func (w *Worker) rateLimited(ctx context.Context, r *run, model string, v policy
 		delay = max(w.policy.Base, w.backoff(2))
 	}
 	if w.cfg.Limiter != nil {
+		// The 429's x-ratelimit-* headers were reconciled with the call's
+		// reservation already (reconcile).
 		if err := w.cfg.Limiter.Cooldown(ctx, model, w.now().Add(delay)); err != nil {
 			w.log.Warn().Err(err).Msg("set fleet cooldown failed")
-		}
-		// The 429's x-ratelimit-remaining-* are the server's view: adopt
-		// them for the fleet when stricter (a refused call is not charged,
-		// so nothing is refunded either).
-		var ue *upstream.Error
-		if errors.As(r.lastErr, &ue) && ue.RateLimit.Known() {
-			if err := w.cfg.Limiter.Reconcile(ctx, ratelimit.Reservation{Model: model}, -1, serverView(ue.RateLimit)); err != nil {
-				w.log.Warn().Err(err).Msg("budget reconcile after 429 failed")
-			}
 		}
 	}
 	return &delayError{delay: delay, reason: "rate_limited: " + v.Reason}

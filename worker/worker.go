@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -73,6 +74,9 @@ type Config struct {
 	// DefaultMaxTokens is the completion estimate for jobs without
 	// max_tokens (default 1024).
 	DefaultMaxTokens int
+	// EstimateMethod is how a job's prompt is charged to the budget
+	// (default jobs.DefaultMethod).
+	EstimateMethod jobs.Method
 	// Log receives one event per upstream call and every state change.
 	Log zerolog.Logger
 	// Metrics receives the job's path as Prometheus metrics (upstream calls,
@@ -181,7 +185,7 @@ func New(cfg Config) (*Worker, error) {
 		policy:  p,
 		results: results.NewStore(cfg.Redis, cfg.Prefix, cfg.ResultTTL),
 		holds:   hold.NewStore(cfg.Redis, cfg.Prefix),
-		est:     jobs.NewEstimator(cfg.DefaultMaxTokens),
+		est:     jobs.NewEstimator(cfg.DefaultMaxTokens, jobs.WithMethod(cmp.Or(cfg.EstimateMethod, jobs.DefaultMethod))),
 		log:     cfg.Log,
 		now:     cfg.Now,
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),

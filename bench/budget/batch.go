@@ -10,6 +10,9 @@ import (
 	"github.com/llmq/llmq/jobs"
 )
 
+// benchModel is the model of every job.
+const benchModel = "gpt-4o-mini"
+
 // batch is the benchmark's jobs, as JSONL, with what the fake charges them.
 type batch struct {
 	jobs                 []string // short-form JSONL lines
@@ -20,11 +23,15 @@ type batch struct {
 
 // newBatch returns n jobs with a fixed mix (for seed): 70% short prompts
 // (10–80 words), 25% medium (100–400), 5% long (600–1000), with max_tokens
-// drawn from 16 to 1024.
-func newBatch(n int, seed uint64) *batch {
+// drawn from 16 to 1024; small, only short prompts with max_tokens 16–64.
+// Costs are counted with m, the way the provider charges.
+func newBatch(n int, seed uint64, small bool, m jobs.Method) *batch {
 	rnd := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	est := jobs.NewEstimator(fakeupstream.DefaultCompletion)
+	est := jobs.NewEstimator(fakeupstream.DefaultCompletion, jobs.WithMethod(m))
 	maxTokens := []int{16, 32, 64, 128, 256, 256, 512, 1024}
+	if small {
+		maxTokens = []int{16, 32, 64}
+	}
 	// Ordinary, varied words, so prompts tokenize like text.
 	vocabulary := strings.Fields(`the queue worker budget request token minute fleet provider answer
 		summarise translate explain customer order invoice shipped refund weather Paris Tokyo
@@ -33,7 +40,7 @@ func newBatch(n int, seed uint64) *batch {
 	for i := range n {
 		var words int
 		switch p := rnd.IntN(100); {
-		case p < 70:
+		case p < 70 || small:
 			words = 10 + rnd.IntN(71)
 		case p < 95:
 			words = 100 + rnd.IntN(301)
@@ -48,7 +55,7 @@ func newBatch(n int, seed uint64) *batch {
 		}
 		mt := maxTokens[rnd.IntN(len(maxTokens))]
 		line, _ := json.Marshal(map[string]any{
-			"custom_id": fmt.Sprintf("j%04d", i), "model": "gpt-4o-mini", "max_tokens": mt,
+			"custom_id": fmt.Sprintf("j%04d", i), "model": benchModel, "max_tokens": mt,
 			"messages": []map[string]string{{"role": "user", "content": content.String()}},
 		})
 		var req jobs.Request

@@ -1,36 +1,45 @@
-// Command budget benchmarks llmq's fleet-wide budget (issue 4): how close a
-// fleet of `llmq worker` processes drains a batch to the fastest the
-// provider's RPM/TPM allow, and whether the provider ever has to refuse a
-// call. It runs `make bench-budget`:
+// Command budget benchmarks llmq's fleet-wide budget (issues 4, 11 and 15):
+// how close a fleet of `llmq worker` processes drains a batch to the
+// fastest the provider's limits allow, and how often the provider has to
+// refuse a call. It runs `make bench-budget` (about ten minutes):
 //
 //	go run ./bench/budget -bin bin/llmq
 //
-// Each row drains the same batch (mixed prompt sizes and max_tokens) through
-// an in-process fake upstream (fakeupstream) that enforces RPM and TPM
-// exactly as configured, with fresh buckets, against a fresh slice of the
-// local Redis. Rows:
+// Each table is one provider: an in-process fake upstream (fakeupstream)
+// enforcing RPM and TPM with golang.org/x/time/rate buckets, charging
+// tokens by its tokenizer or by characters (chars/4 per message + 4, +
+// max_tokens × n), with per-minute buckets or buckets quantised to 1 s or
+// 2 s of rate. Every row drains the table's batch against fresh buckets and
+// a fresh slice of the local Redis. Rows:
 //
-//   - llmq ×1, llmq ×4: real `llmq worker` subprocesses (bin/llmq) sharing
-//     one budget through Redis, configured by a YAML file (LLMQ_CONFIG).
-//   - split ×4 (baseline): what a user of plain asynq would do. Four asynq
-//     servers, in this process, each with golang.org/x/time/rate limiters
-//     holding a quarter of the RPM, TPM and bursts, calling the same fake
-//     with the same upstream client. A 429 is retried after its
-//     Retry-After (kinder than asynq's default backoff).
-//   - no split ×4 (baseline): the same, but each server believes it has the
-//     whole budget.
+//   - llmq worker: real `llmq worker` subprocesses (bin/llmq) sharing one
+//     budget through Redis, configured by a YAML file (LLMQ_CONFIG) with
+//     the provider's RPM/TPM, and its bursts only in the per-minute tables
+//     (elsewhere llmq's default burst, as a new user would run it). The
+//     "tokenizer estimate" row charges the tokenizer's count instead of
+//     llmq's default character estimate, so only calibration from the
+//     provider's headers can close the gap.
+//   - baseline, split 1/N: what a user of plain asynq would do. N asynq
+//     servers, in this process, each with x/time/rate limiters holding 1/N
+//     of the RPM, TPM and the provider's buckets, charging the tokenizer's
+//     count, calling the same fake with the same upstream client. A 429 is
+//     retried after its Retry-After (kinder than asynq's default backoff).
+//   - baseline, no split: the same, each server believing it has it all.
+//
+// A fleet may grow: the growing table starts one process with 2 handlers
+// and adds three with 16 after 6 s, the case where a per-process split
+// strands budget in idle processes.
 //
 // Drain time runs from the first request's arrival at the upstream to the
 // last successful answer, so process start-up and asynq's idle polling are
 // not counted in any row. The bound is the fastest any client could drain
 // the batch given that both buckets start full:
 //
-//	bound = max((N - burst_requests)/RPM, (Σcost - burst_tokens)/TPM)
+//	bound = max((N - bucket_requests)/RPM, (Σcost - bucket_tokens)/TPM)
 //
-// where cost is what the fake charges a request on arrival (prompt estimate
-// + max_tokens × n). Utilisation is what was charged over what the budget
-// allowed during the drain: Σ/(burst + rate × drain), for tokens and for
-// requests.
+// where cost is what the fake charges a request on arrival. Utilisation is
+// what was charged over what the provider allowed during the drain:
+// Σcost/(bucket + TPM × drain).
 package main
 
 import (
@@ -59,6 +68,7 @@ type options struct {
 	rows          string
 	rowTimeout    time.Duration
 	keepWorkerLog bool
+	oldBinary     bool
 }
 
 func main() {
@@ -69,15 +79,16 @@ func main() {
 	flag.Int64Var(&o.tpm, "tpm", 1_200_000, "tokens per minute, enforced by the fake and budgeted by the workers")
 	flag.Int64Var(&o.burstReq, "burst-requests", 20, "request bucket capacity")
 	flag.Int64Var(&o.burstTok, "burst-tokens", 10_000, "token bucket capacity (a quarter must hold the largest job for the split baseline)")
-	flag.IntVar(&o.jobs, "jobs", 300, "jobs in the batch")
-	flag.IntVar(&o.concurrency, "concurrency", 8, "handlers per worker process")
+	flag.IntVar(&o.jobs, "jobs", 300, "jobs in the batch of the per-minute and quantised tables")
+	flag.IntVar(&o.concurrency, "concurrency", 8, "handlers per worker process of the per-minute tables")
 	flag.DurationVar(&o.latency, "latency", 25*time.Millisecond, "fake upstream latency per call")
 	flag.DurationVar(&o.maxWait, "max-wait", 5*time.Second, "llmq budget_max_wait")
 	flag.DurationVar(&o.transit, "transit", 100*time.Millisecond, "llmq budget_transit (headroom for calls overtaking each other on their way)")
 	flag.Uint64Var(&o.seed, "seed", 4, "seed of the batch's mix")
-	flag.StringVar(&o.rows, "rows", "llmq1,llmq4,split4,nosplit4", "rows to run, in order: llmqN, splitN, nosplitN")
-	flag.DurationVar(&o.rowTimeout, "row-timeout", 90*time.Second, "give up on a row after this long")
+	flag.StringVar(&o.rows, "rows", "", "run only these kinds of rows (llmq, llmq-tokenizer, llmq-chars, split, nosplit), comma-separated; empty: all")
+	flag.DurationVar(&o.rowTimeout, "row-timeout", 3*time.Minute, "give up on a row after this long")
 	flag.BoolVar(&o.keepWorkerLog, "worker-log", false, "print the llmq workers' logs")
+	flag.BoolVar(&o.oldBinary, "old-binary", false, "-bin predates estimate.method (issue 15): never write it (such a binary always used the tokenizer)")
 	flag.Parse()
 	if err := run(context.Background(), o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-budget:", err)
@@ -86,58 +97,68 @@ func main() {
 }
 
 func run(ctx context.Context, o options) error {
-	rows, err := parseRows(o.rows)
+	only, err := parseRows(o.rows)
 	if err != nil {
 		return err
 	}
-	b := newBatch(o.jobs, o.seed)
-	if max4 := o.burstTok / 4; b.maxCost > max4 {
-		return fmt.Errorf("the largest job costs %d tokens, more than a quarter of -burst-tokens (%d): the split baseline could never run it; raise -burst-tokens", b.maxCost, o.burstTok)
-	}
-	bound := boundOf(o, b)
-	fmt.Printf("budget: RPM %d, TPM %d, bursts %d requests / %d tokens; fake upstream latency %s; llmq budget_max_wait %s, budget_transit %s\n",
-		o.rpm, o.tpm, o.burstReq, o.burstTok, o.latency, o.maxWait, o.transit)
-	fmt.Printf("batch: %d jobs, Σcost %d tokens (mean %d, max %d), prompts %d–%d tokens, max_tokens %d–%d\n",
-		len(b.jobs), b.sumCost, b.sumCost/int64(len(b.jobs)), b.maxCost, b.minPrompt, b.maxPrompt, b.minMax, b.maxMax)
-	fmt.Printf("bound = max((N - burst_requests)/RPM, (Σcost - burst_tokens)/TPM) = max(%.2fs, %.2fs) = %.2fs (buckets start full)\n\n",
-		reqBound(o, b).Seconds(), tokBound(o, b).Seconds(), bound.Seconds())
-	fmt.Printf("%-34s %5s %8s %8s %6s %6s %6s %8s %8s\n", "row", "procs", "drain", "bound", "ratio", "429s", "calls", "util tok", "util req")
+	fmt.Printf("llmq budget_max_wait %s, budget_transit %s; fake upstream latency %s; drain = first arrival to last answer\n",
+		o.maxWait, o.transit, o.latency)
 	var failed []string
-	for _, r := range rows {
-		res, err := r.run(ctx, o, b)
-		if err != nil {
-			fmt.Printf("%-34s %5d  FAILED: %v\n", r.title(), r.procs, err)
-			failed = append(failed, r.title())
+	for _, sc := range scenarios(o) {
+		rows := sc.rows
+		if only != nil {
+			rows = filterRows(rows, only)
+		}
+		if len(rows) == 0 {
 			continue
 		}
-		fmt.Printf("%-34s %5d %7.2fs %7.2fs %6.3f %6d %6d %7.1f%% %7.1f%%\n", r.title(), r.procs,
-			res.drain.Seconds(), bound.Seconds(), res.drain.Seconds()/bound.Seconds(), res.throttled, res.calls,
-			100*float64(b.sumCost)/(float64(o.burstTok)+float64(o.tpm)*res.drain.Minutes()),
-			100*float64(len(b.jobs))/(float64(o.burstReq)+float64(o.rpm)*res.drain.Minutes()))
+		b := newBatch(sc.jobs, o.seed, sc.small, sc.method())
+		capReq, capTok := sc.capacities()
+		bound := boundOf(sc, b)
+		fmt.Printf("\n== %s\n", sc.name)
+		fmt.Printf("provider: RPM %d, TPM %d, buckets %d requests / %d tokens, %s accounting; fleet %s\n",
+			sc.rpm, sc.tpm, capReq, capTok, sc.method(), sc.fleet())
+		fmt.Printf("batch: %d jobs, Σcost %d tokens as the provider counts (mean %d, max %d), max_tokens %d–%d; bound %.2fs\n",
+			len(b.jobs), b.sumCost, b.sumCost/int64(len(b.jobs)), b.maxCost, b.minMax, b.maxMax, bound.Seconds())
+		fmt.Printf("%-44s %-22s %8s %8s %6s %6s %6s %6s %8s %6s\n", "row", "fleet", "drain", "bound", "ratio", "429s", "calls", "429 %", "util tok", "factor")
+		for _, r := range rows {
+			res, err := r.run(ctx, o, sc, b)
+			title := r.title()
+			if err != nil {
+				fmt.Printf("%-44s %-22s  FAILED: %v\n", title, r.fleet(sc), err)
+				failed = append(failed, sc.name+": "+title)
+				continue
+			}
+			factor := "-"
+			if res.factor > 0 {
+				factor = fmt.Sprintf("%.3f", res.factor)
+			}
+			fmt.Printf("%-44s %-22s %7.2fs %7.2fs %6.3f %6d %6d %5.1f%% %7.1f%% %6s\n", title, r.fleet(sc),
+				res.drain.Seconds(), bound.Seconds(), res.drain.Seconds()/bound.Seconds(), res.throttled, res.calls,
+				100*float64(res.throttled)/float64(max(1, res.calls)),
+				100*float64(b.sumCost)/(float64(capTok)+float64(sc.tpm)*res.drain.Minutes()), factor)
+		}
 	}
-	fmt.Println("\n429s: refusals by the fake's own RPM/TPM (Stats.Throttled); calls: requests the fake received.")
+	fmt.Println("\n429s: refusals by the fake's own RPM/TPM (Stats.Throttled); calls: requests the fake received;")
+	fmt.Println("bound = max((N - bucket_requests)/RPM, (Σcost - bucket_tokens)/TPM), buckets start full.")
 	if len(failed) > 0 {
-		return errors.New("rows failed: " + strings.Join(failed, ", "))
+		return errors.New("rows failed: " + strings.Join(failed, "; "))
 	}
 	return nil
 }
 
 // reqBound is the fastest the request bucket lets the batch through.
-func reqBound(o options, b *batch) time.Duration {
-	if o.rpm == 0 {
-		return 0
-	}
-	n := max(0, int64(len(b.jobs))-o.burstReq)
-	return time.Duration(float64(n) / float64(o.rpm) * float64(time.Minute))
+func reqBound(sc *scenario, b *batch) time.Duration {
+	capReq, _ := sc.capacities()
+	n := max(0, int64(len(b.jobs))-capReq)
+	return time.Duration(float64(n) / float64(sc.rpm) * float64(time.Minute))
 }
 
 // tokBound is the fastest the token bucket lets the batch through.
-func tokBound(o options, b *batch) time.Duration {
-	if o.tpm == 0 {
-		return 0
-	}
-	n := max(0, b.sumCost-o.burstTok)
-	return time.Duration(float64(n) / float64(o.tpm) * float64(time.Minute))
+func tokBound(sc *scenario, b *batch) time.Duration {
+	_, capTok := sc.capacities()
+	n := max(0, b.sumCost-capTok)
+	return time.Duration(float64(n) / float64(sc.tpm) * float64(time.Minute))
 }
 
-func boundOf(o options, b *batch) time.Duration { return max(reqBound(o, b), tokBound(o, b)) }
+func boundOf(sc *scenario, b *batch) time.Duration { return max(reqBound(sc, b), tokBound(sc, b)) }

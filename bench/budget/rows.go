@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,64 +16,108 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/llmq/llmq/fakeupstream"
+	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/producer"
 )
 
-// row is one line of the table: a kind of fleet and its process count.
+// row is one line of a table: a kind of fleet, optionally its own stages
+// and llmq's estimate method.
 type row struct {
-	kind  string // "llmq", "split" or "nosplit"
-	procs int
+	kind   string // "llmq", "split" or "nosplit"
+	stages []stage
+	method jobs.Method // llmq's estimate.method; "" = llmq's default
 }
 
-// parseRows reads "llmq1,llmq4,split4,nosplit4".
-func parseRows(s string) ([]row, error) {
-	var rows []row
+// key names the row for -rows: its kind, "llmq-tokenizer" for the
+// tokenizer-estimate llmq row.
+func (r row) key() string {
+	if r.method != "" {
+		return r.kind + "-" + string(r.method)
+	}
+	return r.kind
+}
+
+// parseRows reads -rows: nil for all rows.
+func parseRows(s string) (map[string]bool, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	only := map[string]bool{}
 	for _, f := range strings.Split(s, ",") {
 		f = strings.TrimSpace(f)
-		kind := strings.TrimRight(f, "0123456789")
-		n, err := strconv.Atoi(f[len(kind):])
-		if err != nil || n < 1 || (kind != "llmq" && kind != "split" && kind != "nosplit") {
-			return nil, fmt.Errorf("-rows: %q: want llmqN, splitN or nosplitN with N ≥ 1, e.g. llmq4", f)
+		switch f {
+		case "llmq", "llmq-tokenizer", "llmq-chars", "split", "nosplit":
+			only[f] = true
+		default:
+			return nil, fmt.Errorf("-rows: %q: want llmq, llmq-tokenizer, llmq-chars, split or nosplit", f)
 		}
-		rows = append(rows, row{kind: kind, procs: n})
 	}
-	return rows, nil
+	return only, nil
+}
+
+func filterRows(rows []row, only map[string]bool) []row {
+	var out []row
+	for _, r := range rows {
+		if only[r.key()] {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (r row) title() string {
-	switch r.kind {
-	case "llmq":
-		return "llmq worker (fleet budget)"
-	case "split":
+	switch {
+	case r.kind == "llmq" && r.method != "":
+		return "llmq worker (" + string(r.method) + " estimate)"
+	case r.kind == "llmq":
+		return "llmq worker (default estimate)"
+	case r.kind == "split":
 		return "baseline: x/time/rate, split 1/N"
 	}
 	return "baseline: x/time/rate, no split"
+}
+
+func (r row) stagesOf(sc *scenario) []stage {
+	if r.stages != nil {
+		return r.stages
+	}
+	return sc.stages
+}
+
+func (r row) fleet(sc *scenario) string {
+	c := *sc
+	c.stages = r.stagesOf(sc)
+	return c.fleet()
 }
 
 // result is what a row measured.
 type result struct {
 	drain            time.Duration
 	throttled, calls int64
+	factor           float64 // llmq rows: the learned calibration factor
 }
 
-// fleet is a running set of worker processes; stop shuts them down.
+// fleet is a running set of worker processes: add starts more, stop shuts
+// them all down.
 type fleet interface {
+	add(procs, concurrency int) error
 	stop() error
 }
 
-// run drains b through r's fleet against a fresh fake upstream and a fresh
-// slice of Redis, and removes the slice afterwards.
-func (r row) run(ctx context.Context, o options, b *batch) (result, error) {
+// run drains b through r's fleet against a fresh fake upstream for sc and a
+// fresh slice of Redis, and removes the slice afterwards.
+func (r row) run(ctx context.Context, o options, sc *scenario, b *batch) (result, error) {
 	e, err := newEnv(ctx, o.redisAddr)
 	if err != nil {
 		return result{}, err
 	}
 	defer e.cleanup()
-	fake, err := fakeupstream.New(fakeupstream.Config{RPM: o.rpm, TPM: o.tpm, BurstRequests: o.burstReq, BurstTokens: o.burstTok, Latency: o.latency})
+	fake, err := fakeupstream.New(fakeupstream.Config{RPM: sc.rpm, TPM: sc.tpm, BurstRequests: sc.burstReq, BurstTokens: sc.burstTok,
+		Quantum: sc.quantum, Accounting: sc.accounting, Latency: o.latency})
 	if err != nil {
 		return result{}, err
 	}
-	w := &watch{next: fake.Handler(), want: len(b.jobs), done: make(chan struct{})}
+	w := &watch{next: fake.Handler(), want: len(b.jobs), done: make(chan struct{}), arrived: make(chan struct{})}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return result{}, fmt.Errorf("listen for the fake upstream: %w", err)
@@ -97,21 +140,52 @@ func (r row) run(ctx context.Context, o options, b *batch) (result, error) {
 		return result{}, fmt.Errorf("enqueue the batch: %w", err)
 	}
 
+	stages := r.stagesOf(sc)
 	var f fleet
 	switch r.kind {
 	case "llmq":
-		f, err = startLLMQ(o, e, url, r.procs)
+		f, err = newLLMQFleet(o, sc, r, e, url)
 	default:
-		f, err = startBaseline(o, e, url, r.procs, r.kind == "split")
+		procs := 0
+		for _, s := range stages {
+			procs += s.procs
+		}
+		f = newBaselineFleet(o, sc, e, url, procs, r.kind == "split")
 	}
 	if err != nil {
 		return result{}, err
 	}
+	addErr := make(chan error, len(stages))
+	if err := f.add(stages[0].procs, stages[0].concurrency); err != nil {
+		_ = f.stop()
+		return result{}, err
+	}
+	go func() {
+		select {
+		case <-w.arrived:
+		case <-w.done:
+			return
+		}
+		start := time.Now()
+		for _, s := range stages[1:] {
+			select {
+			case <-time.After(time.Until(start.Add(s.at))):
+			case <-w.done:
+				return
+			}
+			if err := f.add(s.procs, s.concurrency); err != nil {
+				addErr <- err
+				return
+			}
+		}
+	}()
 	timer := time.NewTimer(o.rowTimeout)
 	defer timer.Stop()
 	var waitErr error
 	select {
 	case <-w.done:
+	case err := <-addErr:
+		waitErr = err
 	case <-timer.C:
 		waitErr = fmt.Errorf("only %d of %d jobs served within %s", w.served(), len(b.jobs), o.rowTimeout)
 	case <-ctx.Done():
@@ -125,7 +199,12 @@ func (r row) run(ctx context.Context, o options, b *batch) (result, error) {
 	}
 	st := fake.Stats()
 	first, last := w.span()
-	return result{drain: last.Sub(first), throttled: st.Throttled, calls: st.Requests}, nil
+	res := result{drain: last.Sub(first), throttled: st.Throttled, calls: st.Requests}
+	if r.kind == "llmq" {
+		// The calibration factor the fleet learned (budget.lua's field f).
+		res.factor, _ = e.rdb.HGet(ctx, e.prefix+":budget:{default:"+benchModel+"}", "f").Float64()
+	}
+	return res, nil
 }
 
 // env is one row's slice of Redis: its own key prefix and asynq queue.
@@ -170,6 +249,7 @@ type watch struct {
 	first, last time.Time
 	ok          int
 	done        chan struct{}
+	arrived     chan struct{} // closed at the first arrival
 }
 
 func (w *watch) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
@@ -181,6 +261,7 @@ func (w *watch) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	w.mu.Lock()
 	if w.first.IsZero() {
 		w.first = at
+		close(w.arrived)
 	}
 	w.mu.Unlock()
 	sr := &fakeupstream.StatusRecorder{ResponseWriter: rw}

@@ -80,7 +80,7 @@ succeeded (4 when some were dead-lettered).`,
 				_ = bar.Finish()
 			}
 			if err != nil {
-				return err
+				return enqueueError(a, args[0], rep, err)
 			}
 			fmt.Fprintln(a.stdout, rep.BatchID)
 			el := time.Since(start)
@@ -92,11 +92,29 @@ succeeded (4 when some were dead-lettered).`,
 			return a.waitBatch(cmd, p, rep.BatchID)
 		},
 	}
-	cmd.Flags().StringVar(&batchID, "batch", "", "batch id (default: a new random id); job ids are <batch>:<custom_id>")
+	cmd.Flags().StringVar(&batchID, "batch", "", "batch id (default: a new random id), letters, digits, '-', '_', '.'; job ids are <batch>:<custom_id>")
 	cmd.Flags().StringVar(&queue, "queue", "", "asynq queue (default from config: queue)")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every job has a result; exit 0 only if all succeeded")
 	cmd.Flags().IntVar(&attempts, "attempts", 0, "attempts per job (default from config: retry.attempts)")
 	return cmd
+}
+
+// enqueueError explains a failed enqueue: after the batch was registered
+// it prints the batch id on stdout and says how to finish the batch.
+func enqueueError(a *app, file string, rep *producer.BatchReport, err error) error {
+	var inc *producer.IncompleteError
+	if errors.As(err, &inc) {
+		fmt.Fprintln(a.stdout, inc.BatchID)
+		if file == "-" {
+			file = "FILE"
+		}
+		return fmt.Errorf("%w\nfinish it with the same input and batch id: llmq enqueue %s --batch %s (jobs already enqueued are skipped; a new batch id would run them twice)", err, file, inc.BatchID)
+	}
+	if errors.Is(err, producer.ErrConflict) && rep != nil {
+		fmt.Fprintln(a.stdout, rep.BatchID)
+		return fmt.Errorf("%w\ngive those lines other ids (or drop \"id\" to get <batch>:<custom_id>); the rest of the batch was enqueued", err)
+	}
+	return err
 }
 
 func openInput(name string) (io.Reader, func(), error) {
@@ -173,5 +191,9 @@ func (a *app) limiter(rdb redis.UniversalClient) (*ratelimit.Limiter, error) {
 		budgets[model] = ratelimit.Budget{RPM: b.RPM, TPM: b.TPM, BurstTokens: b.Burst, BurstRequests: b.BurstRequests}
 	}
 	return ratelimit.New(rdb, ratelimit.Config{Prefix: a.cfg.Prefix, Account: a.cfg.Upstream.Account, Budgets: budgets,
-		MaxWait: a.cfg.BudgetMaxWait, RefundUnused: a.cfg.BudgetRefundUnused, Transit: a.cfg.BudgetTransit})
+		MaxWait: a.cfg.BudgetMaxWait, RefundUnused: a.cfg.BudgetRefundUnused, Transit: a.cfg.BudgetTransit,
+		OnProviderLimit: func(p ratelimit.ProviderLimit) {
+			a.log.Warn().Str("model", p.Model).Str("kind", p.Kind).Int64("configured", p.Configured).Int64("provider", p.Provider).
+				Msg("the provider's x-ratelimit-limit-" + p.Kind + " is below the configured budget: the fleet uses the provider's; lower budgets." + p.Model + " (or LLMQ_RPM/LLMQ_TPM) to match")
+		}})
 }

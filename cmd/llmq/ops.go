@@ -92,14 +92,14 @@ func (a *app) statusCmd() *cobra.Command {
 			if lim, err := a.limiter(rdb); err == nil && lim != nil {
 				fmt.Fprintln(a.stdout)
 				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "BUDGET\tRPM\tTPM\tSNAPSHOT")
+				fmt.Fprintln(tw, "BUDGET\tRPM\tTPM\tFACTOR\tSNAPSHOT")
 				for model, b := range a.cfg.Budgets {
 					snap, err := lim.Usage(ctx, model)
 					s, _ := json.Marshal(snap)
 					if err != nil {
 						s = []byte(err.Error())
 					}
-					fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", model, b.RPM, b.TPM, s)
+					fmt.Fprintf(tw, "%s\t%d\t%d\t%.3f\t%s\n", model, b.RPM, b.TPM, snap.Factor, s)
 				}
 				_ = tw.Flush()
 			}
@@ -111,8 +111,10 @@ func (a *app) statusCmd() *cobra.Command {
 func (a *app) fakeUpstreamCmd() *cobra.Command {
 	var (
 		addr, faults, apiKey string
+		accounting           string
 		rpm, tpm             int64
-		latency, generation  time.Duration
+		latency, quantum     time.Duration
+		generation           time.Duration
 		tokensPerSecond      float64
 	)
 	cmd := &cobra.Command{
@@ -121,6 +123,7 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			srv, err := fakeupstream.New(fakeupstream.Config{RPM: rpm, TPM: tpm, Latency: latency, Faults: faults, APIKey: apiKey,
+				Quantum: quantum, Accounting: fakeupstream.Accounting(accounting),
 				GenerationTime: generation, TokensPerSecond: tokensPerSecond})
 			if err != nil {
 				return err
@@ -153,6 +156,8 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 	cmd.Flags().DurationVar(&latency, "latency", 0, "added latency per request")
 	cmd.Flags().DurationVar(&generation, "generation-time", 0, "time every answer takes to generate (streamed: spread over the stream; plain: before the headers)")
 	cmd.Flags().Float64Var(&tokensPerSecond, "tokens-per-second", 0, "generation speed when --generation-time is 0 (0 = instant)")
+	cmd.Flags().DurationVar(&quantum, "quantum", 0, "enforce the limits per this much of their rate, e.g. 1s: 60,000 RPM as 1,000 requests a second (0 = per minute)")
+	cmd.Flags().StringVar(&accounting, "accounting", string(fakeupstream.AccountTokenizer), "how TPM is charged: tokenizer, or chars (characters/4 per message + 4, + max_tokens × n)")
 	cmd.Flags().StringVar(&faults, "faults", "", "fault spec, e.g. \"503,503,200\" or \"random:500=5%,reset=2%\"")
 	cmd.Flags().StringVar(&apiKey, "api-key", "", "accept only this API key (default: any non-empty key)")
 	return cmd

@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -23,6 +25,9 @@ func (a *app) resultsCmd() *cobra.Command {
 			if batchID == "" {
 				return fmt.Errorf("--batch is required: the id `llmq enqueue` printed")
 			}
+			if err := distinctOutputs(out, errOut); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			rdb, _, err := a.redisClient(ctx)
 			if err != nil {
@@ -39,7 +44,11 @@ func (a *app) resultsCmd() *cobra.Command {
 				return err
 			}
 			errW, closeErr := okW, func() error { return nil }
-			if errOut != "" {
+			if errOut != "" && !(isStdout(errOut) && isStdout(out)) {
+				if err := distinctOutputs(out, errOut); err != nil { // -o now exists: a link to it shows
+					closeOK()
+					return err
+				}
 				if errW, closeErr, err = createOutput(errOut, a.stdout); err != nil {
 					return err
 				}
@@ -98,6 +107,29 @@ func (s *summary) add(r *jobs.Result) {
 		s.prompt += r.Usage.PromptTokens
 		s.completion += r.Usage.CompletionTokens
 	}
+}
+
+func isStdout(path string) bool { return path == "" || path == "-" }
+
+// errSameOutput is returned when -o and --errors name one file.
+var errSameOutput = errors.New("-o and --errors name the same file: both would write to it at once and corrupt it; give --errors another file, or leave it out to get failed jobs with the results")
+
+// distinctOutputs refuses -o and --errors naming one file: the same path,
+// or two paths to one inode (a symlink, a hard link). Paths that do not
+// exist yet are compared once -o has been created.
+func distinctOutputs(out, errOut string) error {
+	if errOut == "" || isStdout(out) || isStdout(errOut) {
+		return nil
+	}
+	if filepath.Clean(out) == filepath.Clean(errOut) {
+		return errSameOutput
+	}
+	a, err1 := os.Stat(out)
+	b, err2 := os.Stat(errOut)
+	if err1 == nil && err2 == nil && os.SameFile(a, b) {
+		return errSameOutput
+	}
+	return nil
 }
 
 // createOutput opens path for writing (buffered), or returns def for "".

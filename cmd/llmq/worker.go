@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/llmq/llmq/breaker"
+	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/metrics"
 	"github.com/llmq/llmq/policy"
 	"github.com/llmq/llmq/upstream"
@@ -152,6 +153,7 @@ func (a *app) runWorker(cmd *cobra.Command) error {
 		CallTimeout:      a.cfg.Upstream.CallTimeout,
 		ResultTTL:        a.cfg.Results.TTL,
 		DefaultMaxTokens: a.cfg.Estimate.DefaultMaxTokens,
+		EstimateMethod:   jobs.Method(a.cfg.Estimate.Method),
 		Log:              a.log,
 		Metrics:          m,
 		Breaker: breaker.Config{Failures: a.cfg.Breaker.Failures, Window: a.cfg.Breaker.Window, Open: a.cfg.Breaker.Open,

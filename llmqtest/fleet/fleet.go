@@ -34,6 +34,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/llmq/llmq/config"
+	"github.com/llmq/llmq/redisconn"
 )
 
 // Defaults of the harness.
@@ -119,7 +120,7 @@ func New(cfg Config) (*Fleet, error) {
 	if err := cfg.Settings.Validate(); err != nil {
 		return nil, fmt.Errorf("fleet: Config.Settings: %w", err)
 	}
-	opt, err := asynq.ParseRedisURI(cfg.Settings.RedisURL)
+	conn, err := redisconn.Parse(cfg.Settings.RedisURL)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: Settings.RedisURL: %w", err)
 	}
@@ -127,7 +128,7 @@ func New(cfg Config) (*Fleet, error) {
 	if err := f.writeConfig(); err != nil {
 		return nil, err
 	}
-	f.insp = asynq.NewInspector(opt)
+	f.insp = asynq.NewInspector(conn.AsynqOpt())
 	return f, nil
 }
 
