@@ -97,3 +97,6 @@ func TestChaos(t *testing.T)                { run(t, drill.Chaos) }
 func TestLoad(t *testing.T)                 { run(t, drill.Load) }
 func TestSecrets(t *testing.T)              { run(t, drill.Secrets) }
 func TestOutage(t *testing.T)               { run(t, drill.Outage) }
+
+func TestClusterFailover(t *testing.T)  { run(t, drill.ClusterFailover) }
+func TestSentinelFailover(t *testing.T) { run(t, drill.SentinelFailover) }

@@ -23,6 +23,8 @@ import (
 	"github.com/llmq/llmq/llmqtest"
 	"github.com/llmq/llmq/llmqtest/fleet"
 	"github.com/llmq/llmq/producer"
+	"github.com/llmq/llmq/redisconn"
+	"github.com/llmq/llmq/redistopo"
 	"github.com/llmq/llmq/results"
 )
 
@@ -87,27 +89,36 @@ type setup struct {
 	rpm, tpm int64
 	// configure, when set, changes the workers' settings last.
 	configure func(*config.Config)
+	// topology is the drill's Redis: "" one redis-server, "cluster" a
+	// 3-master + 3-replica Redis Cluster, "sentinel" a master, a replica
+	// and three Sentinels (package redistopo).
+	topology string
 }
 
 // env is one drill's world: its own Redis, the fake upstream over real
 // HTTP (with a per-job record of what it answered), a producer, and llmq
 // worker processes started on demand.
 type env struct {
-	o      Options
-	s      setup
-	dir    string
-	redis  *redisServer
-	rdb    *redis.Client
-	insp   *asynq.Inspector
-	prod   *producer.Producer
-	store  *results.Store
-	fake   *fakeupstream.Server
-	calls  *callLog
-	http   *http.Server
-	url    string
-	prefix string
-	queue  string
-	fleet  *fleet.Fleet // the llmq worker processes
+	o     Options
+	s     setup
+	dir   string
+	redis *redisServer           // the one redis-server (topology "")
+	clu   *redistopo.Cluster     // topology "cluster"
+	sen   *redistopo.SentinelSet // topology "sentinel"
+	conn  *redisconn.Conn        // redisURL, parsed
+	// redisURL is the URL the workers and the producer use.
+	redisURL string
+	rdb      redis.UniversalClient
+	insp     *asynq.Inspector
+	prod     *producer.Producer
+	store    *results.Store
+	fake     *fakeupstream.Server
+	calls    *callLog
+	http     *http.Server
+	url      string
+	prefix   string
+	queue    string
+	fleet    *fleet.Fleet // the llmq worker processes
 }
 
 // newEnv builds a drill's environment; close it with env.close.
@@ -144,11 +155,30 @@ func newEnv(ctx context.Context, o Options, s setup) (_ *env, err error) {
 			e.close()
 		}
 	}()
-	if e.redis, err = startRedis(ctx, filepath.Join(dir, "redis"), s.fsync); err != nil {
+	var url string
+	switch s.topology {
+	case "cluster":
+		if e.clu, err = redistopo.StartCluster(ctx, filepath.Join(dir, "redis"), redistopo.ClusterConfig{}); err != nil {
+			return nil, err
+		}
+		url = e.clu.URL()
+	case "sentinel":
+		if e.sen, err = redistopo.StartSentinel(ctx, filepath.Join(dir, "redis"), redistopo.SentinelConfig{}); err != nil {
+			return nil, err
+		}
+		url = e.sen.URL()
+	default:
+		if e.redis, err = startRedis(ctx, filepath.Join(dir, "redis"), s.fsync); err != nil {
+			return nil, err
+		}
+		url = "redis://" + e.redis.addr + "/0"
+	}
+	e.redisURL = url
+	if e.conn, err = redisconn.Parse(url); err != nil {
 		return nil, err
 	}
-	e.rdb = redis.NewClient(&redis.Options{Addr: e.redis.addr})
-	opt := asynq.RedisClientOpt{Addr: e.redis.addr}
+	e.rdb = e.conn.NewClient()
+	opt := e.conn.AsynqOpt()
 	e.insp = asynq.NewInspector(opt)
 	if e.prod, err = producer.New(opt, producer.WithQueue(e.queue), producer.WithPrefix(e.prefix),
 		producer.WithRetention(time.Hour), producer.WithResultTTL(time.Hour)); err != nil {
@@ -175,7 +205,7 @@ func newEnv(ctx context.Context, o Options, s setup) (_ *env, err error) {
 // settings is the workers' configuration: the drill's queue and prefix,
 // short delays so faults resolve within a drill.
 func (e *env) settings() config.Config {
-	c := fleet.Settings("redis://"+e.redis.addr+"/0", e.url, e.prefix, e.queue)
+	c := fleet.Settings(e.redisURL, e.url, e.prefix, e.queue)
 	c.Worker.Concurrency = e.s.concurrency
 	c.Worker.ShutdownTimeout = e.s.shutdown
 	c.Upstream.ConnectTimeout, c.Upstream.ResponseHeaderTimeout, c.Upstream.CallTimeout = time.Second, e.s.headerTimeout, 30*time.Second
@@ -227,6 +257,12 @@ func (e *env) close() {
 	if e.redis != nil {
 		e.redis.close()
 	}
+	if e.clu != nil {
+		e.clu.Close()
+	}
+	if e.sen != nil {
+		e.sen.Close()
+	}
 }
 
 // cli runs `llmq args...` to completion with the drill's environment.
@@ -248,6 +284,8 @@ type callLog struct {
 	mu    sync.Mutex
 	calls map[string]int // requests per job
 	oks   map[string]int // 200 answers per job
+	// okTimes are the start and end of every 200 answer, in order of end.
+	okTimes [][2]time.Time
 }
 
 func newCallLog() *callLog {
@@ -273,12 +311,14 @@ func (l *callLog) wrap(h http.Handler) http.Handler {
 			job = string(m[1])
 		}
 		sw := &fakeupstream.StatusRecorder{ResponseWriter: w}
+		start := time.Now()
 		h.ServeHTTP(sw, r)
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		l.calls[job]++
 		if sw.Status == http.StatusOK {
 			l.oks[job]++
+			l.okTimes = append(l.okTimes, [2]time.Time{start, time.Now()})
 		}
 	})
 }
@@ -295,6 +335,19 @@ func (l *callLog) duplicates() (jobs, extra int) {
 		}
 	}
 	return jobs, extra
+}
+
+// firstOKStartedAfter returns when the first 200 answer to a request sent
+// after t ended (zero if none): a job dequeued after t was served.
+func (l *callLog) firstOKStartedAfter(t time.Time) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.okTimes {
+		if c[0].After(t) {
+			return c[1]
+		}
+	}
+	return time.Time{}
 }
 
 // requests returns the number of chat-completions requests recorded.

@@ -52,7 +52,7 @@ func Poison(ctx context.Context, o Options) (*Report, error) {
 		return rep, err
 	}
 	poison := poisonPayloads()
-	client := asynq.NewClient(asynq.RedisClientOpt{Addr: e.redis.addr})
+	client := asynq.NewClient(e.conn.AsynqOpt())
 	defer client.Close()
 	for _, p := range poison {
 		typ := jobs.TaskType

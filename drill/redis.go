@@ -120,7 +120,7 @@ func (r *redisServer) restart(ctx context.Context) error {
 func (r *redisServer) close() { r.kill() }
 
 // usedMemory returns INFO memory's used_memory in bytes.
-func usedMemory(ctx context.Context, c *redis.Client) (int64, error) {
+func usedMemory(ctx context.Context, c redis.UniversalClient) (int64, error) {
 	info, err := c.Info(ctx, "memory").Result()
 	if err != nil {
 		return 0, fmt.Errorf("INFO memory: %w", err)

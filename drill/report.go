@@ -105,5 +105,7 @@ func All() []Drill {
 		{"load", Load},
 		{"secrets", Secrets},
 		{"outage", Outage},
+		{"cluster-failover", ClusterFailover},
+		{"sentinel-failover", SentinelFailover},
 	}
 }

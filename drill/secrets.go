@@ -170,7 +170,7 @@ func Secrets(ctx context.Context, o Options) (*Report, error) {
 
 // dumpRedis renders every key and value of the drill's Redis as text and
 // returns it with the number of keys.
-func dumpRedis(ctx context.Context, c *redis.Client) (string, int, error) {
+func dumpRedis(ctx context.Context, c redis.UniversalClient) (string, int, error) {
 	var b strings.Builder
 	n := 0
 	iter := c.Scan(ctx, 0, "*", 1000).Iterator()
