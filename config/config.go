@@ -98,7 +98,7 @@ type Upstream struct {
 	// true); false for a provider without streaming.
 	Stream bool `yaml:"stream"`
 	// NoStreamModels lists models called without streaming.
-	NoStreamModels []string `yaml:"no_stream_models"`
+	NoStreamModels []string `yaml:"no_stream_models,omitempty"`
 	// CallTimeout bounds one upstream call, body included.
 	CallTimeout time.Duration `yaml:"call_timeout"`
 	// AzureAPIVersion, when set, switches to Azure OpenAI: deployment URLs
