@@ -4,7 +4,7 @@ BUILD   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.build=$(BUILD)
 BIN     := bin/llmq
 
-.PHONY: build demo test test-redis-ha lint bench bench-enqueue bench-e2e bench-budget bench-outage redis fuzz drill clean
+.PHONY: build demo test test-redis-ha lint bench bench-enqueue bench-e2e bench-budget bench-outage bench-overhead redis fuzz drill clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/llmq
@@ -54,6 +54,11 @@ bench-budget: build redis
 ## fake answers 503 for 10 s then recovers; shared breaker vs per-process breakers (about 45 s)
 bench-outage: build redis
 	go run ./drill/cmd/drill -bin $(BIN) -size long -run '^outage$$'
+
+## bench-overhead: per-job cost of `llmq worker` (no budget) against a plain asynq handler
+## doing the same call and one SET, side by side: rates, ratio, CPU and Redis commands per job
+bench-overhead: build
+	go run ./bench/overhead -bin $(BIN)
 
 ## drill: fault drills against real processes (bin/llmq workers, own Redis, fake upstream), long form; prints the table
 drill: build redis

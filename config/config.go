@@ -18,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/llmq/llmq/batchapi"
 	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/cache"
 	"github.com/llmq/llmq/jobs"
@@ -25,6 +26,7 @@ import (
 	"github.com/llmq/llmq/ratelimit"
 	"github.com/llmq/llmq/redisconn"
 	"github.com/llmq/llmq/upstream"
+	"github.com/llmq/llmq/worker"
 )
 
 // Config is the whole of llmq's configuration.
@@ -72,6 +74,40 @@ type Config struct {
 	Cache Cache `yaml:"cache"`
 	// StaticResponse configures the static text, the last tier.
 	StaticResponse StaticResponse `yaml:"static_response"`
+	// Serve configures `llmq serve`, the OpenAI-compatible Batch API.
+	Serve Serve `yaml:"serve"`
+}
+
+// DefaultServeAddr is where `llmq serve` listens by default.
+const DefaultServeAddr = "127.0.0.1:8080"
+
+// Serve configures the Batch API server (batchapi); the defaults are
+// batchapi's (OpenAI's limits).
+type Serve struct {
+	// Addr is where `llmq serve` listens (env LLMQ_SERVE_ADDR).
+	Addr string `yaml:"addr"`
+	// Clients are the API's tenants: a name and a file holding the key. Keys
+	// may also come from the environment (LLMQ_SERVE_KEYS=name:key,...).
+	Clients []ServeClient `yaml:"clients"`
+	// MaxFileBytes caps one uploaded file (0: batchapi.DefaultMaxFileBytes).
+	MaxFileBytes int64 `yaml:"max_file_bytes"`
+	// MaxRequests caps the requests of one batch (0: batchapi.DefaultMaxRequests).
+	MaxRequests int `yaml:"max_requests"`
+	// CompletionWindow is how long a batch created with completion_window
+	// "24h" has before what remains expires (0: 24h).
+	CompletionWindow time.Duration `yaml:"completion_window"`
+	// FileTTL is how long files (inputs and outputs) are kept (0: 30 days,
+	// OpenAI's default for batch files).
+	FileTTL time.Duration `yaml:"file_ttl"`
+	// Tick is how often each server advances the batches in progress
+	// (0: batchapi.DefaultTick).
+	Tick time.Duration `yaml:"tick"`
+}
+
+// ServeClient is one tenant of the Batch API.
+type ServeClient struct {
+	Name    string `yaml:"name"`
+	KeyFile string `yaml:"key_file"`
 }
 
 // Upstream configures the OpenAI-compatible API.
@@ -207,28 +243,28 @@ const (
 	// DefaultPrefix namespaces llmq's own Redis keys.
 	DefaultPrefix = ratelimit.DefaultPrefix
 	// DefaultQueue is the asynq queue jobs go to and workers drain.
-	DefaultQueue = "llmq"
+	DefaultQueue = worker.DefaultQueue
 	// DefaultBudget is the Budgets key for models without their own entry.
 	DefaultBudget = ratelimit.DefaultModel
 	// DefaultConcurrency is how many jobs a worker process runs at once.
-	DefaultConcurrency = 16
+	DefaultConcurrency = worker.DefaultConcurrency
 	// DefaultShutdownTimeout is how long a stopping worker waits for jobs
 	// in flight.
-	DefaultShutdownTimeout = 30 * time.Second
+	DefaultShutdownTimeout = worker.DefaultShutdownTimeout
 	// DefaultPollInterval is asynq's delayed-task check.
-	DefaultPollInterval = time.Second
+	DefaultPollInterval = worker.DefaultPollInterval
 	// DefaultHoldRecheck is how long held jobs wait before looking again.
-	DefaultHoldRecheck = 30 * time.Second
+	DefaultHoldRecheck = worker.DefaultHoldRecheck
 	// DefaultCallTimeout bounds one upstream call, body included.
-	DefaultCallTimeout = 10 * time.Minute
+	DefaultCallTimeout = worker.DefaultCallTimeout
 	// DefaultMetricsAddr is where a worker serves /metrics and /healthz.
 	DefaultMetricsAddr = ":9464"
 	// DefaultResultTTL is how long result records are kept.
-	DefaultResultTTL = 7 * 24 * time.Hour
+	DefaultResultTTL = worker.DefaultResultTTL
 	// DefaultRetention is how long asynq keeps completed tasks.
 	DefaultRetention = 24 * time.Hour
 	// DefaultMaxTokens is charged per choice for jobs without max_tokens.
-	DefaultMaxTokens = 1024
+	DefaultMaxTokens = worker.DefaultMaxTokens
 	// DefaultBudgetTransit is the budget's headroom for calls in flight.
 	DefaultBudgetTransit = 100 * time.Millisecond
 	// DefaultLogLevel and DefaultEnvironment label the logs.
@@ -271,6 +307,8 @@ func Default() Config {
 		BudgetMaxWait: ratelimit.DefaultMaxWait,
 		BudgetTransit: DefaultBudgetTransit,
 		Cache:         Cache{TTL: cache.DefaultTTL},
+		Serve: Serve{Addr: DefaultServeAddr, MaxFileBytes: batchapi.DefaultMaxFileBytes, MaxRequests: batchapi.DefaultMaxRequests,
+			CompletionWindow: batchapi.DefaultCompletionWindow, FileTTL: batchapi.DefaultFileTTL, Tick: batchapi.DefaultTick},
 	}
 }
 
@@ -366,6 +404,7 @@ func (c *Config) applyEnv(getenv func(string) string) error {
 	set("OPENAI_API_KEY", &c.Upstream.APIKey)
 	set("LLMQ_API_KEY_FILE", &c.Upstream.APIKeyFile)
 	set("LLMQ_METRICS_ADDR", &c.Worker.MetricsAddr)
+	set("LLMQ_SERVE_ADDR", &c.Serve.Addr)
 	set("LOG_LEVEL", &c.Log.Level)
 	set("LLMQ_ENV", &c.Log.Environment)
 	for _, e := range []struct {
@@ -458,6 +497,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BudgetTransit < 0 || c.BudgetTransit > time.Minute {
 		bad("budget_transit", "must be from 0 to 1m, typically 100ms, got %v", c.BudgetTransit)
+	}
+	if c.Serve.MaxFileBytes < 0 || c.Serve.MaxRequests < 0 || c.Serve.CompletionWindow < 0 || c.Serve.FileTTL < 0 || c.Serve.Tick < 0 {
+		bad("serve", "max_file_bytes, max_requests, completion_window, file_ttl and tick must be ≥ 0 (0 = default)")
 	}
 	if _, err := jobs.ParseMethod(c.Estimate.Method); err != nil {
 		bad("estimate.method", "must be %q or %q, got %q", jobs.MethodChars, jobs.MethodTokenizer, c.Estimate.Method)

@@ -58,18 +58,7 @@ func (s *Store) Set(ctx context.Context, st State) (created bool, err error) {
 
 // Get returns the account's hold, or nil when calls may proceed.
 func (s *Store) Get(ctx context.Context, account string) (*State, error) {
-	b, err := s.rdb.Get(ctx, s.key(account)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read hold of account %q: %w", account, err)
-	}
-	var st State
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("decode hold of account %q: %w", account, err)
-	}
-	return &st, nil
+	return decodeHold(account, s.rdb.Get(ctx, s.key(account)))
 }
 
 // Clear lifts the account's hold; cleared reports whether one stood.
@@ -102,4 +91,27 @@ func (s *Store) ClearIf(ctx context.Context, account, fingerprint string) (bool,
 		return false, fmt.Errorf("lift hold of account %q: %w", account, err)
 	}
 	return n > 0, nil
+}
+
+// GetIn queues a read of the account's hold on pipe, so a caller can batch
+// it with other reads in one round trip. The returned function, called
+// after pipe.Exec, answers as Get.
+func (s *Store) GetIn(ctx context.Context, pipe redis.Pipeliner, account string) func() (*State, error) {
+	cmd := pipe.Get(ctx, s.key(account))
+	return func() (*State, error) { return decodeHold(account, cmd) }
+}
+
+func decodeHold(account string, cmd *redis.StringCmd) (*State, error) {
+	b, err := cmd.Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read hold of account %q: %w", account, err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("decode hold of account %q: %w", account, err)
+	}
+	return &st, nil
 }

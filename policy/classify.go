@@ -56,6 +56,11 @@ const (
 	// its end; part of it was generated and paid for.
 	ClassStreamBroken = "stream_broken"
 	ClassUnknown      = "unknown"
+	// Classes the worker gives a job's final failure when no upstream answer
+	// decided it.
+	ClassInvalidPayload = "invalid_payload" // the task payload cannot be run
+	ClassDeadline       = "deadline"        // the job's deadline passed
+	ClassExhausted      = "exhausted"       // asynq's own retry count ran out
 )
 
 // Verdict is the failure policy's decision about one upstream call.

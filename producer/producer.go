@@ -20,8 +20,10 @@ import (
 	"github.com/llmq/llmq/results"
 )
 
-// RetryMargin is how many retries beyond a job's attempts asynq may count
-// before it archives a task on its own; see prepare.
+// RetryMargin is worker.RetryMargin, whose doc says why asynq needs it:
+// tasks are enqueued with MaxRetry(attempts + RetryMargin). The producer
+// does not import worker (its dependencies); the worker's tests check that
+// the two agree.
 const RetryMargin = 10
 
 // ErrDuplicate is returned (with the job id) when a job with the same id was

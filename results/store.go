@@ -85,6 +85,11 @@ func (s *Store) Save(ctx context.Context, r *jobs.Result) (Transition, error) {
 		return "", fmt.Errorf("save result %q: encode: %w", r.JobID, err)
 	}
 	b = validUTF8(b)
+	if r.Status == jobs.StatusSucceeded && r.BatchID != "" {
+		if t, ok, err := s.saveSucceeded(ctx, r, b); ok {
+			return t, err
+		}
+	}
 	res, err := s.save.Run(ctx, s.rdb, []string{s.resultKey(r.JobID)}, b, r.Status, s.ttl.Milliseconds()).Text()
 	if err != nil {
 		return "", fmt.Errorf("save result %q: %w", r.JobID, err)

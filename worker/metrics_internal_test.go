@@ -12,8 +12,8 @@ import (
 func TestJobOutcomeNamesWhatAsynqIsTold(t *testing.T) {
 	for err, want := range map[error]string{
 		nil:                                        metrics.JobSucceeded,
-		&deadLetter{reason: "bad"}:                 metrics.JobDeadLetter,
-		fmt.Errorf("x: %w", &deadLetter{}):         metrics.JobDeadLetter,
+		&deadLetterError{reason: "bad"}:            metrics.JobDeadLetter,
+		fmt.Errorf("x: %w", &deadLetterError{}):    metrics.JobDeadLetter,
 		&delayError{failure: true}:                 metrics.JobRetry,
 		&delayError{failure: false}:                metrics.JobSnoozed,
 		fmt.Errorf("budget: %w", context.Canceled): metrics.JobError,

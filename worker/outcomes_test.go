@@ -233,11 +233,11 @@ func TestQuotaHoldStopsCallsUntilResume(t *testing.T) {
 	h.waitFor("in-flight calls to be answered", 10*time.Second, func() bool { return h.fake.Stats().InFlight == 0 })
 	before := h.fake.Stats().Requests
 	time.Sleep(1500 * time.Millisecond)
-	if after := h.fake.Stats().Requests; after != before {
-		t.Fatalf("upstream saw %d calls during the hold: a call storm", after-before)
-	}
-	if before > 4 {
-		t.Errorf("%d calls before the hold took effect; at most the 4 in flight expected", before)
+	// A handler that passed the hold gate just before the hold was raised
+	// may still make its one call; the worker's concurrency (4) bounds all
+	// calls made from the first 429 to the end of the window.
+	if after := h.fake.Stats().Requests; after > 4 {
+		t.Fatalf("upstream saw %d calls (%d during the hold window); at most the 4 in flight expected: a call storm", after, after-before)
 	}
 	// The operator fixes billing and runs `llmq resume`.
 	if err := h.fake.SetFaults(""); err != nil {

@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -100,7 +98,7 @@ type Config struct {
 	Fallbacks map[string][]string
 	// CacheTTL is how long the responses of jobs that set allow_cached are
 	// cached, to serve a later job with the same request when no model
-	// tier can (default 24h).
+	// tier can (default cache.DefaultTTL, 24h).
 	CacheTTL time.Duration
 	// StaticResponse is the static tier's text, served as a chat.completion
 	// when nothing else can serve a job that set allow_static. "" (the
@@ -124,10 +122,33 @@ type Worker struct {
 	now     func() time.Time
 	breaker *breaker.Breaker
 	cache   *cache.Cache
-
-	mu  sync.Mutex
-	rnd *rand.Rand
 }
+
+// Defaults of Config's zero values. The prefix and account are the
+// budget's, which every package keying Redis by them shares.
+const (
+	DefaultPrefix          = ratelimit.DefaultPrefix
+	DefaultAccount         = ratelimit.DefaultAccount
+	DefaultQueue           = "llmq"
+	DefaultConcurrency     = 16
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultPollInterval    = time.Second
+	DefaultHoldRecheck     = 30 * time.Second
+	DefaultCallTimeout     = 10 * time.Minute
+	DefaultSaveGrace       = 30 * time.Second
+	DefaultResultTTL       = 7 * 24 * time.Hour
+	// DefaultMaxTokens is the completion estimate per choice for jobs
+	// without max_tokens (Config.DefaultMaxTokens).
+	DefaultMaxTokens = 1024
+	DefaultProbeWait = 2 * time.Second
+)
+
+// Retry delays while a result cannot be stored (Redis away), within
+// SaveGrace.
+const (
+	saveRetryMin = 50 * time.Millisecond
+	saveRetryMax = 2 * time.Second
+)
 
 // New checks cfg, fills defaults and returns a Worker.
 func New(cfg Config) (*Worker, error) {
@@ -137,38 +158,25 @@ func New(cfg Config) (*Worker, error) {
 	case cfg.Upstream == nil:
 		return nil, errors.New("worker: Config.Upstream is required")
 	}
-	if cfg.Prefix == "" {
-		cfg.Prefix = "llmq"
-	}
-	if cfg.Account == "" {
-		cfg.Account = "default"
-	}
+	orString(&cfg.Prefix, DefaultPrefix)
+	orString(&cfg.Account, DefaultAccount)
 	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 16
+		cfg.Concurrency = DefaultConcurrency
 	}
 	if len(cfg.Queues) == 0 {
-		cfg.Queues = map[string]int{"llmq": 1}
+		cfg.Queues = map[string]int{DefaultQueue: 1}
 	}
-	if cfg.ShutdownTimeout <= 0 {
-		cfg.ShutdownTimeout = 30 * time.Second
-	}
-	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = time.Second
-	}
-	if cfg.HoldRecheck <= 0 {
-		cfg.HoldRecheck = 30 * time.Second
-	}
-	if cfg.CallTimeout <= 0 {
-		cfg.CallTimeout = 10 * time.Minute
-	}
-	if cfg.SaveGrace <= 0 {
-		cfg.SaveGrace = 30 * time.Second
-	}
-	if cfg.ResultTTL <= 0 {
-		cfg.ResultTTL = 7 * 24 * time.Hour
-	}
+	orDuration(&cfg.ShutdownTimeout, DefaultShutdownTimeout)
+	orDuration(&cfg.PollInterval, DefaultPollInterval)
+	orDuration(&cfg.HoldRecheck, DefaultHoldRecheck)
+	orDuration(&cfg.CallTimeout, DefaultCallTimeout)
+	orDuration(&cfg.SaveGrace, DefaultSaveGrace)
+	orDuration(&cfg.ResultTTL, DefaultResultTTL)
 	if cfg.DefaultMaxTokens <= 0 {
-		cfg.DefaultMaxTokens = 1024
+		cfg.DefaultMaxTokens = DefaultMaxTokens
+	}
+	if cfg.ProbeWait == 0 {
+		cfg.ProbeWait = DefaultProbeWait
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -176,9 +184,6 @@ func New(cfg Config) (*Worker, error) {
 	p := policy.DefaultPolicy()
 	if cfg.Policy != nil {
 		p = cfg.Policy.WithDefaults()
-	}
-	if cfg.ProbeWait == 0 {
-		cfg.ProbeWait = 2 * time.Second
 	}
 	w := &Worker{
 		cfg:     cfg,
@@ -188,12 +193,26 @@ func New(cfg Config) (*Worker, error) {
 		est:     jobs.NewEstimator(cfg.DefaultMaxTokens, jobs.WithMethod(cmp.Or(cfg.EstimateMethod, jobs.DefaultMethod))),
 		log:     cfg.Log,
 		now:     cfg.Now,
-		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		cache:   cache.New(cfg.Redis, cfg.Prefix, cfg.CacheTTL),
 	}
-	if err := w.initTiers(); err != nil {
+	b, err := w.newBreaker()
+	if err != nil {
 		return nil, err
 	}
+	w.breaker = b
 	return w, nil
+}
+
+func orString(s *string, def string) {
+	if *s == "" {
+		*s = def
+	}
+}
+
+func orDuration(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
 }
 
 // Server returns an asynq server configured for llmq's failure policy:
@@ -216,13 +235,26 @@ func (w *Worker) Server() *asynq.Server {
 	})
 }
 
+// handler returns the worker as an asynq.Handler that counts every run's
+// outcome in Config.Metrics (llmq_jobs_total, llmq_retries_total).
+func (w *Worker) handler() asynq.Handler {
+	if w.cfg.Metrics == nil {
+		return w
+	}
+	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		err := w.ProcessTask(ctx, t)
+		w.cfg.Metrics.Job(jobOutcome(err))
+		return err
+	})
+}
+
 // Run serves jobs until ctx ends, then shuts down gracefully: in-flight jobs
 // get ShutdownTimeout to finish, the rest return to the queue.
 func (w *Worker) Run(ctx context.Context) error {
 	srv := w.Server()
 	// Every task of the worker's queues reaches the handler, which
 	// dead-letters foreign task types at once instead of retrying them.
-	if err := srv.Start(w.instrumented()); err != nil {
+	if err := srv.Start(w.handler()); err != nil {
 		return fmt.Errorf("worker: start asynq server: %w", err)
 	}
 	w.log.Info().Int("concurrency", w.cfg.Concurrency).Interface("queues", w.cfg.Queues).Msg("worker started")
@@ -231,80 +263,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	srv.Shutdown()
 	w.log.Info().Msg("worker stopped")
 	return nil
-}
-
-// onFailure is asynq's ErrorHandler: it runs for every handler error before
-// asynq acts on it. When asynq is about to archive the task on its own (its
-// retry count is spent, which the worker's own accounting avoids but a
-// crash during a last attempt can cause) and the handler did not
-// dead-letter it, the failure is stored so the job has its result and its
-// batch can finish.
-func (w *Worker) onFailure(ctx context.Context, t *asynq.Task, err error) {
-	var dl *deadLetter
-	if errors.As(err, &dl) || errors.Is(err, asynq.RevokeTask) {
-		return
-	}
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, ok := asynq.GetMaxRetry(ctx)
-	if !ok || retried < maxRetry {
-		return
-	}
-	job, derr := jobs.Decode(t.Payload())
-	if derr != nil {
-		return
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	r := &run{job: job, task: t, retried: retried, attempt: retried + 1, started: w.now(), lastErr: err}
-	w.saveFailure(sctx, r, policy.Verdict{Outcome: policy.DeadLetter, Class: "exhausted",
-		Reason: fmt.Sprintf("asynq retries exhausted (%d of %d): %v", retried, maxRetry, err)}, nil)
-	w.log.Error().Str("event", "dead_letter").Str("job_id", job.ID).Str("batch_id", job.BatchID).Msg("asynq archives the job: " + err.Error())
-}
-
-// isFailure is asynq's IsFailure: snoozes (rate limited, hold, budget wait)
-// do not count.
-func isFailure(err error) bool {
-	var d *delayError
-	if errors.As(err, &d) {
-		return d.failure
-	}
-	return true
-}
-
-// retryDelay is asynq's RetryDelayFunc: the delay the handler decided, or
-// the policy's backoff for errors that carry none, rounded up to asynq's
-// clock (see roundUpToSecond).
-func (w *Worker) retryDelay(n int, err error, _ *asynq.Task) time.Duration {
-	var d *delayError
-	if errors.As(err, &d) {
-		return roundUpToSecond(w.now(), d.delay)
-	}
-	return roundUpToSecond(w.now(), w.backoff(n))
-}
-
-// roundUpToSecond stretches d so that now+d falls on a whole second. asynq
-// stores a retry's time as Unix seconds (rdb.Retry: processAt.Unix()) and
-// runs the task once that second has begun, so a delay ending mid-second
-// would run up to a second early and undercut a server's Retry-After. The
-// price is up to one second of extra delay on each retry.
-func roundUpToSecond(now time.Time, d time.Duration) time.Duration {
-	target := now.Add(d)
-	if whole := target.Truncate(time.Second); !whole.Equal(target) {
-		target = whole.Add(time.Second)
-	}
-	return target.Sub(now)
-}
-
-func (w *Worker) backoff(n int) time.Duration {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.policy.Backoff(n, w.rnd)
-}
-
-func (w *Worker) retryDelayFor(n int, v policy.Verdict) time.Duration {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.policy.RetryDelay(n, v, w.rnd)
 }
 
 // asynqLogger adapts zerolog to asynq's Logger.

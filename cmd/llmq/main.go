@@ -90,7 +90,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(a.workerCmd(), a.enqueueCmd(), a.resultsCmd(), a.fakeUpstreamCmd(), a.configCmd(),
-		a.dlqCmd(), a.resumeCmd(), a.statusCmd())
+		a.dlqCmd(), a.resumeCmd(), a.statusCmd(), a.serveCmd())
 	return root
 }
 

@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/llmq/llmq/batchapi"
 	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/metrics"
@@ -37,6 +39,7 @@ func (a *app) workerCmd() *cobra.Command {
 				}
 				a.cfg.Worker.Queues = q
 			}
+			a.addTenantQueues()
 			if cmd.Flags().Changed("metrics-addr") {
 				a.cfg.Worker.MetricsAddr = metricsAddr
 			}
@@ -55,6 +58,21 @@ func (a *app) workerCmd() *cobra.Command {
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve /metrics and /healthz here, e.g. \":9464\"; \":0\" picks a free port, \"off\" disables (default from config: worker.metrics_addr, LLMQ_METRICS_ADDR)")
 	cmd.Flags().BoolVar(&probe, "probe", false, "do not run: exit 0 if the worker on --metrics-addr answers /healthz with 200 (container health check)")
 	return cmd
+}
+
+// addTenantQueues adds the queue of every Batch API tenant (serve.clients,
+// LLMQ_SERVE_KEYS names) to the worker's queues, each with the priority of
+// the default queue: tenants with backlogs at the same time share the
+// budget evenly instead of first come, first served.
+func (a *app) addTenantQueues() {
+	prio := max(1, a.cfg.Worker.Queues[a.cfg.Queue])
+	queues := maps.Clone(a.cfg.Worker.Queues)
+	for _, t := range a.serveTenants() {
+		if q := batchapi.TenantQueue(a.cfg.Queue, t); queues[q] == 0 {
+			queues[q] = prio
+		}
+	}
+	a.cfg.Worker.Queues = queues
 }
 
 // parseQueues reads "name[:priority],..." into a priority map.

@@ -1,0 +1,411 @@
+package batchapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/producer"
+	"github.com/llmq/llmq/results"
+)
+
+// Error codes of batch errors and of error-file lines llmq writes itself.
+const (
+	CodeInvalidJSONLine   = "invalid_json_line"
+	CodeInvalidRequest    = "invalid_request"
+	CodeInvalidURL        = "invalid_url"
+	CodeDuplicateCustomID = "duplicate_custom_id"
+	CodeMissingCustomID   = "missing_required_parameter"
+	CodeLineTooLong       = "line_too_long"
+	CodeEmptyFile         = "empty_file"
+	CodeTooManyRequests   = "too_many_tasks"
+	CodeFileNotFound      = "file_not_found"
+	// CodeBatchExpired marks a request that had not run when the
+	// completion window passed (OpenAI's code).
+	CodeBatchExpired = "batch_expired"
+	// CodeBatchCancelled marks a request that had not run when the batch
+	// was cancelled.
+	CodeBatchCancelled = "batch_cancelled"
+)
+
+// advance moves batch id through its lifecycle as far as it can go now,
+// under the batch's lock; when another server holds the lock it returns at
+// once (that server is doing the work).
+func (s *Service) advance(ctx context.Context, id string) error {
+	unlock, ok, err := s.lock(ctx, id)
+	if err != nil || !ok {
+		return err
+	}
+	defer unlock()
+	for range 6 {
+		rec, err := s.st.batch(ctx, "", id)
+		if errors.Is(err, ErrNotFound) {
+			return s.cfg.Redis.SRem(ctx, s.st.activeKey(), id).Err()
+		}
+		if err != nil {
+			return err
+		}
+		changed, err := s.step(ctx, rec)
+		if err != nil || !changed {
+			return err
+		}
+	}
+	return nil
+}
+
+// step makes one transition of rec, saves it and reports whether it
+// changed anything.
+func (s *Service) step(ctx context.Context, rec *batchRecord) (bool, error) {
+	b := &rec.Batch
+	now := s.cfg.Now()
+	cancelAt, err := s.cancelRequested(ctx, b.ID)
+	if err != nil {
+		return false, err
+	}
+	switch b.Status {
+	case StatusValidating:
+		if cancelAt != nil {
+			b.Status, b.CancellingAt, b.CancelledAt = StatusCancelled, cancelAt, ptr(now.Unix())
+			return true, s.finish(ctx, rec)
+		}
+		return true, s.start(ctx, rec)
+	case StatusInProgress:
+		switch {
+		case cancelAt != nil:
+			b.Status, b.CancellingAt = StatusCancelling, cancelAt
+			return true, s.st.saveBatch(ctx, rec)
+		case !rec.Expiring && b.ExpiresAt != nil && now.Unix() >= *b.ExpiresAt:
+			rec.Expiring = true
+			return true, s.st.saveBatch(ctx, rec)
+		}
+		if rec.Expiring {
+			if err := s.removeQueued(ctx, rec); err != nil {
+				return false, err
+			}
+		}
+		counts, err := s.counts(ctx, rec)
+		if err != nil || counts.Completed+counts.Failed < counts.Total {
+			return false, err
+		}
+		b.Status, b.FinalizingAt = StatusFinalizing, ptr(now.Unix())
+		return true, s.st.saveBatch(ctx, rec)
+	case StatusCancelling:
+		if err := s.removeQueued(ctx, rec); err != nil {
+			return false, err
+		}
+		counts, err := s.counts(ctx, rec)
+		if err != nil || counts.Completed+counts.Failed < counts.Total {
+			return false, err
+		}
+		return true, s.finalize(ctx, rec)
+	case StatusFinalizing:
+		return true, s.finalize(ctx, rec)
+	}
+	return false, s.cfg.Redis.SRem(ctx, s.st.activeKey(), b.ID).Err()
+}
+
+// cancelRequested returns when a cancel was asked for, or nil.
+func (s *Service) cancelRequested(ctx context.Context, id string) (*int64, error) {
+	v, err := s.cfg.Redis.Get(ctx, s.st.cancelKey(id)).Int64()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read cancel of batch %s: %w", id, err)
+	}
+	return &v, nil
+}
+
+// finish saves a batch that reached a final status and drops it from the
+// active set.
+func (s *Service) finish(ctx context.Context, rec *batchRecord) error {
+	if err := s.st.saveBatch(ctx, rec); err != nil {
+		return err
+	}
+	return s.cfg.Redis.SRem(ctx, s.st.activeKey(), rec.Batch.ID).Err()
+}
+
+// fail ends a batch as failed with errs.
+func (s *Service) fail(ctx context.Context, rec *batchRecord, errs []BatchError) error {
+	b := &rec.Batch
+	b.Status, b.FailedAt = StatusFailed, ptr(s.cfg.Now().Unix())
+	b.Errors = &BatchErrors{Object: "list", Data: errs}
+	return s.finish(ctx, rec)
+}
+
+// start validates the input file; every problem fails the batch and
+// nothing runs. A valid file is enqueued (idempotently: a server that dies
+// mid-way leaves a batch the next one enqueues again, skipping the jobs
+// already there) and the batch goes in_progress.
+func (s *Service) start(ctx context.Context, rec *batchRecord) error {
+	b := &rec.Batch
+	frec, err := s.st.file(ctx, rec.Tenant, b.InputFileID)
+	if errors.Is(err, ErrNotFound) {
+		return s.fail(ctx, rec, []BatchError{{Code: CodeFileNotFound, Message: "The input file " + b.InputFileID + " no longer exists.", Param: ptr("input_file_id")}})
+	}
+	if err != nil {
+		return err
+	}
+	problems, total, err := s.validate(s.st.content(ctx, frec))
+	if err != nil {
+		return err
+	}
+	if len(problems) > 0 {
+		return s.fail(ctx, rec, problems)
+	}
+	rep, err := s.prod.EnqueueBatch(ctx, s.st.content(ctx, frec), producer.BatchID(b.ID),
+		producer.JobOptions(producer.Queue(rec.Queue)))
+	var berr *producer.BatchError
+	if errors.As(err, &berr) {
+		var errs []BatchError
+		for _, le := range berr.Lines {
+			errs = append(errs, lineErrors(le)...)
+		}
+		return s.fail(ctx, rec, errs)
+	}
+	if err != nil {
+		return err
+	}
+	if rep.Jobs != total {
+		s.log.Warn().Str("batch_id", b.ID).Int("validated", total).Int("enqueued", rep.Jobs).Msg("batchapi: request counts differ")
+	}
+	b.Status, b.InProgressAt = StatusInProgress, ptr(s.cfg.Now().Unix())
+	b.RequestCounts.Total = rep.Jobs
+	return s.st.saveBatch(ctx, rec)
+}
+
+// validate reads a whole input file and returns every problem with its
+// line, and the number of requests.
+func (s *Service) validate(r io.Reader) ([]BatchError, int, error) {
+	jr := jobs.NewReader(r)
+	var errs []BatchError
+	seen := map[string]int{}
+	n := 0
+	for {
+		job, line, err := jr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		var le *jobs.LineError
+		if errors.As(err, &le) {
+			errs = append(errs, lineErrors(le)...)
+			if errors.Is(le, jobs.ErrLineTooLong) {
+				break
+			}
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		n++
+		if job.CustomID == "" {
+			errs = append(errs, BatchError{Code: CodeMissingCustomID, Message: "Missing required parameter: 'custom_id'.", Param: ptr("custom_id"), Line: ptr(line)})
+		} else if first, ok := seen[job.CustomID]; ok {
+			errs = append(errs, BatchError{Code: CodeDuplicateCustomID, Message: fmt.Sprintf("The custom_id %q repeats line %d; custom_id values must be unique within a batch.", job.CustomID, first),
+				Param: ptr("custom_id"), Line: ptr(line)})
+		} else {
+			seen[job.CustomID] = line
+		}
+		if job.ID == "" {
+			job.ID = "validate"
+		}
+		if err := job.Validate(); err != nil {
+			errs = append(errs, lineErrors(&jobs.LineError{Line: line, Err: err})...)
+		}
+	}
+	switch {
+	case n == 0 && len(errs) == 0:
+		errs = append(errs, BatchError{Code: CodeEmptyFile, Message: "The input file holds no requests.", Param: ptr("input_file_id")})
+	case n > s.cfg.MaxRequests:
+		errs = append(errs, BatchError{Code: CodeTooManyRequests, Message: fmt.Sprintf("The input file holds %d requests; a batch may hold at most %d.", n, s.cfg.MaxRequests),
+			Param: ptr("input_file_id")})
+	}
+	return errs, n, nil
+}
+
+// lineErrors turns one line's problems into batch errors, one per field.
+func lineErrors(le *jobs.LineError) []BatchError {
+	line := ptr(le.Line)
+	if errors.Is(le, jobs.ErrLineTooLong) {
+		return []BatchError{{Code: CodeLineTooLong, Message: le.Err.Error(), Line: line}}
+	}
+	var ve *jobs.ValidationError
+	if !errors.As(le.Err, &ve) {
+		return []BatchError{{Code: CodeInvalidRequest, Message: le.Err.Error(), Line: line}}
+	}
+	out := make([]BatchError, 0, len(ve.Problems))
+	for _, p := range ve.Problems {
+		e := BatchError{Code: CodeInvalidRequest, Message: p.String(), Line: line}
+		switch {
+		case p.Path == "(line)":
+			e.Code = CodeInvalidJSONLine
+		case p.Path == "url":
+			e.Code, e.Param = CodeInvalidURL, ptr(p.Path)
+		default:
+			e.Param = ptr(p.Path)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// counts returns a batch's live request counts: succeeded and failed jobs
+// from the result store, plus the requests removed by a cancel or expiry.
+func (s *Service) counts(ctx context.Context, rec *batchRecord) (RequestCounts, error) {
+	c := RequestCounts{Total: rec.Batch.RequestCounts.Total}
+	if rec.Batch.Status == StatusValidating || c.Total == 0 {
+		return c, nil
+	}
+	st, err := s.results.Batch(ctx, rec.Batch.ID)
+	if err != nil && !errors.Is(err, results.ErrNotFound) {
+		return c, err
+	}
+	removed, err := s.cfg.Redis.HLen(ctx, s.st.removedKey(rec.Batch.ID)).Result()
+	if err != nil {
+		return c, fmt.Errorf("count removed requests of batch %s: %w", rec.Batch.ID, err)
+	}
+	c.Completed, c.Failed = st.Succeeded, st.Failed+int(removed)
+	return c, nil
+}
+
+// removeQueued deletes the batch's jobs that have not run (pending,
+// scheduled, waiting for a retry) from its queue and records each as
+// removed; jobs in flight are left to finish.
+func (s *Service) removeQueued(ctx context.Context, rec *batchRecord) error {
+	id := rec.Batch.ID
+	removed, err := s.cfg.Redis.HGetAll(ctx, s.st.removedKey(id)).Result()
+	if err != nil {
+		return fmt.Errorf("read removed requests of batch %s: %w", id, err)
+	}
+	var todo []string
+	err = s.results.Export(ctx, id, func(jobID string, r *jobs.Result) error {
+		if r == nil && removed[jobID] == "" {
+			todo = append(todo, jobID)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, jobID := range todo {
+		customID := strings.TrimPrefix(jobID, id+":")
+		info, err := s.inspect.GetTaskInfo(rec.Queue, jobID)
+		switch {
+		case errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
+		case err != nil:
+			return fmt.Errorf("batch %s: read job %s: %w", id, jobID, err)
+		case info.State == asynq.TaskStateActive:
+			continue // in flight: it finishes and stores its result
+		default:
+			if j, err := jobs.Decode(info.Payload); err == nil && j.CustomID != "" {
+				customID = j.CustomID
+			}
+			if err := s.inspect.DeleteTask(rec.Queue, jobID); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
+				continue // it started meanwhile
+			}
+		}
+		// A job that finished between the export and the delete has its
+		// result: it counts as done, not removed.
+		if _, err := s.results.Get(ctx, jobID); err == nil {
+			continue
+		} else if !errors.Is(err, results.ErrNotFound) {
+			return err
+		}
+		if err := s.cfg.Redis.HSet(ctx, s.st.removedKey(id), jobID, customID).Err(); err != nil {
+			return fmt.Errorf("record removed request of batch %s: %w", id, err)
+		}
+		s.cfg.Redis.Expire(ctx, s.st.removedKey(id), s.cfg.FileTTL)
+	}
+	return nil
+}
+
+// finalize writes the output file (successes) and the error file
+// (failures, and requests removed by a cancel or expiry) in input order,
+// once, and ends the batch: completed, expired or cancelled. File ids
+// derive from the batch id, so a server that dies mid-way leaves work the
+// next one redoes to the same result.
+func (s *Service) finalize(ctx context.Context, rec *batchRecord) error {
+	b := &rec.Batch
+	removedCode, removedMsg := CodeBatchCancelled, "This request was cancelled before it ran."
+	if rec.Expiring {
+		removedCode, removedMsg = CodeBatchExpired, "This request could not be executed before the completion window expired."
+	}
+	removed, err := s.cfg.Redis.HGetAll(ctx, s.st.removedKey(b.ID)).Result()
+	if err != nil {
+		return fmt.Errorf("read removed requests of batch %s: %w", b.ID, err)
+	}
+	suffix := strings.TrimPrefix(b.ID, "batch_")
+	outID, errID := "file-"+suffix+"-output", "file-"+suffix+"-errors"
+	outW := &chunkWriter{ctx: ctx, rdb: s.cfg.Redis, key: s.st.fileDataKey(outID), ttl: uploadTTL}
+	errW := &chunkWriter{ctx: ctx, rdb: s.cfg.Redis, key: s.st.fileDataKey(errID), ttl: uploadTTL}
+	if err := s.cfg.Redis.Del(ctx, outW.key, errW.key).Err(); err != nil {
+		return fmt.Errorf("finalize batch %s: %w", b.ID, err)
+	}
+	var counts RequestCounts
+	err = s.results.Export(ctx, b.ID, func(jobID string, r *jobs.Result) error {
+		var line jobs.OutputLine
+		w := errW
+		switch {
+		case r != nil:
+			line = r.OutputLine()
+			if r.Status == jobs.StatusSucceeded {
+				w = outW
+				counts.Completed++
+			} else {
+				counts.Failed++
+			}
+		case removed[jobID] != "":
+			line = jobs.OutputLine{ID: "batch_req_" + jobID, CustomID: removed[jobID], Error: &jobs.OutputError{Code: removedCode, Message: removedMsg}}
+			counts.Failed++
+		default:
+			return nil // unreachable: finalize runs once every job is done or removed
+		}
+		counts.Total++
+		data, err := json.Marshal(line)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(append(data, '\n'))
+		return err
+	})
+	if err == nil {
+		err = errors.Join(outW.Close(), errW.Close())
+	}
+	if err != nil {
+		return fmt.Errorf("finalize batch %s: %w", b.ID, err)
+	}
+	now := s.cfg.Now()
+	for _, f := range []struct {
+		w    *chunkWriter
+		id   string
+		name string
+		dst  **string
+	}{{outW, outID, "_output.jsonl", &b.OutputFileID}, {errW, errID, "_error.jsonl", &b.ErrorFileID}} {
+		if f.w.n == 0 {
+			continue
+		}
+		fr := &fileRecord{File: File{ID: f.id, Object: "file", Bytes: f.w.n, CreatedAt: now.Unix(), ExpiresAt: now.Add(s.cfg.FileTTL).Unix(),
+			Filename: b.ID + f.name, Purpose: PurposeBatchOutput, Status: "processed"}, Tenant: rec.Tenant, Chunks: f.w.chunks}
+		if err := s.st.saveFile(ctx, fr, now); err != nil {
+			return err
+		}
+		*f.dst = ptr(f.id)
+	}
+	b.RequestCounts = counts
+	switch {
+	case b.Status == StatusCancelling:
+		b.Status, b.CancelledAt = StatusCancelled, ptr(now.Unix())
+	case rec.Expiring:
+		b.Status, b.ExpiredAt = StatusExpired, ptr(now.Unix())
+	default:
+		b.Status, b.CompletedAt = StatusCompleted, ptr(now.Unix())
+	}
+	return s.finish(ctx, rec)
+}

@@ -1,0 +1,91 @@
+package batchapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmq/llmq/llmqtest"
+)
+
+func TestParseKeysAndKeyring(t *testing.T) {
+	cs, err := ParseKeys(" alice:sk-alice-0123456789abcdef , bob:sk-bob-0123456789abcdef01,")
+	if err != nil || len(cs) != 2 || cs[0].Name != "alice" || cs[1].Key != "sk-bob-0123456789abcdef01" {
+		t.Fatalf("ParseKeys: %+v %v", cs, err)
+	}
+	if err := checkClients(cs); err != nil {
+		t.Fatal(err)
+	}
+	k := newKeyring(cs)
+	if name, ok := k.tenant("sk-bob-0123456789abcdef01"); !ok || name != "bob" {
+		t.Errorf("bob's key: %q %v", name, ok)
+	}
+	for _, bad := range []string{"", "sk-bob-0123456789abcdef0", "sk-bob-0123456789abcdef011"} {
+		if name, ok := k.tenant(bad); ok {
+			t.Errorf("key %q admitted as %q", bad, name)
+		}
+	}
+	for _, tc := range []struct {
+		in   []Client
+		want error
+	}{
+		{nil, ErrNoClients},
+		{[]Client{{"a b", "0123456789abcdef"}}, ErrBadClients},
+		{[]Client{{"a", "short"}}, ErrBadClients},
+		{[]Client{{"a", "0123456789abcdef"}, {"a", "0123456789abcdeg"}}, ErrBadClients},
+		{[]Client{{"a", "0123456789abcdef"}, {"b", "0123456789abcdef"}}, ErrBadClients},
+	} {
+		err := checkClients(tc.in)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%+v: %v, want %v", tc.in, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "0123456789abcde") {
+			t.Errorf("the error quotes a key: %v", err)
+		}
+	}
+	if _, err := ParseKeys("alice"); !errors.Is(err, ErrBadClients) {
+		t.Errorf("name without key: %v", err)
+	}
+}
+
+// File content goes to Redis in chunks and comes back byte for byte;
+// another tenant gets ErrNotFound; a file over the limit is refused and
+// leaves nothing behind.
+func TestStoreChunks(t *testing.T) {
+	env := llmqtest.Redis(t)
+	st := &store{rdb: env.Client, prefix: env.Prefix, fileTTL: time.Hour}
+	ctx := context.Background()
+	data := make([]byte, 2*ChunkBytes+12345)
+	_, _ = rand.Read(data)
+	f, err := st.putFile(ctx, "alice", "in.jsonl", PurposeBatch, bytes.NewReader(data), int64(len(data)), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := st.file(ctx, "alice", f.ID)
+	if err != nil || rec.Chunks != 3 || f.Bytes != int64(len(data)) {
+		t.Fatalf("record %+v, %v", rec, err)
+	}
+	got, err := io.ReadAll(st.content(ctx, rec))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("content differs (%d bytes, %v)", len(got), err)
+	}
+	if _, err := st.file(ctx, "bob", f.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("bob reads alice's file: %v", err)
+	}
+	if _, err := st.putFile(ctx, "alice", "big", PurposeBatch, bytes.NewReader(data), int64(len(data))-1, time.Now()); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("over the limit: %v", err)
+	}
+	keys, _ := env.Client.Keys(ctx, env.Prefix+":api:file:*").Result()
+	if len(keys) != 2 { // the first file's record and data
+		t.Errorf("keys left: %v", keys)
+	}
+	ids, more, err := st.page(ctx, st.indexKey("alice", "files"), "", 10)
+	if err != nil || more || len(ids) != 1 || ids[0] != f.ID {
+		t.Errorf("index %v %v %v", ids, more, err)
+	}
+}

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmq/llmq/upstream"
+)
+
+// baselineResultTTL is how long the baseline keeps an answer (llmq's
+// default results TTL, so both SETs carry an expiry).
+const baselineResultTTL = 7 * 24 * time.Hour
+
+// plainHandler is what a user of plain asynq would write for the same job:
+// decode the payload, call the upstream, store the answer with one SET.
+type plainHandler struct {
+	client *upstream.Client
+	rdb    *redis.Client
+	prefix string
+}
+
+// ProcessTask implements asynq.Handler.
+func (h *plainHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	var job struct {
+		ID   string          `json:"id"`
+		Body json.RawMessage `json:"body"`
+	}
+	if err := json.Unmarshal(t.Payload(), &job); err != nil {
+		return fmt.Errorf("decode payload: %v: %w", err, asynq.SkipRetry)
+	}
+	resp, err := h.client.Chat(ctx, job.Body)
+	if err != nil {
+		return err
+	}
+	return h.rdb.Set(ctx, h.prefix+":result:"+job.ID, resp.Body, baselineResultTTL).Err()
+}
+
+// runBaselineWorker serves the queue with plainHandler until SIGTERM.
+func runBaselineWorker(o options) error {
+	client, err := upstream.New(upstream.Config{BaseURL: o.url, Key: upstream.StaticKey(benchKey)})
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: o.redisAddr})
+	defer rdb.Close()
+	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency: o.concurrency,
+		Queues:      map[string]int{o.queue: 1},
+		LogLevel:    asynq.ErrorLevel,
+	})
+	if err := srv.Start(&plainHandler{client: client, rdb: rdb, prefix: o.prefix}); err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	srv.Shutdown()
+	return nil
+}

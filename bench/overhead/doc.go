@@ -1,0 +1,17 @@
+// Command overhead measures what llmq's worker costs per job beyond the
+// work itself: it drains the same batch through a plain asynq handler (the
+// baseline: decode the payload, the same upstream call, one SET of the
+// answer) and through `llmq worker` (no budget, no fallback, closed
+// breaker), one process each with the same concurrency, against an instant
+// in-process fake upstream and a redis-server of its own, and prints for
+// each the rate (best of -runs), the CPU per job of the worker process and
+// of Redis (from /proc/<pid>/stat) and the Redis commands per job (from
+// INFO commandstats, the bench's own polling subtracted), and the ratio of
+// the two rates.
+//
+//	make bench-overhead
+//	go run ./bench/overhead -bin bin/llmq -jobs 4000 -concurrency 32 -runs 3
+//
+// The baseline runs as a subprocess of this command (-baseline-worker), so
+// that both workers are measured the same way from /proc.
+package main

@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmq/llmq/fakeupstream"
+	"github.com/llmq/llmq/producer"
+)
+
+// benchKey is the API key the fake upstream accepts.
+const benchKey = "sk-bench-overhead-0123456789"
+
+// Defaults of the flags: the issue's measurement.
+const (
+	defaultJobs        = 4000
+	defaultConcurrency = 32
+	defaultRuns        = 3
+	// pollEvery is how often the bench reads the queue's lists while a run
+	// drains.
+	pollEvery = 5 * time.Millisecond
+	// drainLimit bounds one run.
+	drainLimit = 5 * time.Minute
+)
+
+type options struct {
+	bin         string
+	jobs        int
+	concurrency int
+	runs        int
+	keepLogs    bool
+
+	// -baseline-worker mode (the bench starts itself as the baseline).
+	baselineWorker bool
+	redisAddr      string
+	queue, prefix  string
+	url            string
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.bin, "bin", "bin/llmq", "the llmq binary to measure (make build)")
+	flag.IntVar(&o.jobs, "jobs", defaultJobs, "jobs per run")
+	flag.IntVar(&o.concurrency, "concurrency", defaultConcurrency, "handler concurrency of each worker process")
+	flag.IntVar(&o.runs, "runs", defaultRuns, "runs per worker kind; the best is reported")
+	flag.BoolVar(&o.keepLogs, "keep-logs", false, "print each llmq worker's log after its run")
+	flag.BoolVar(&o.baselineWorker, "baseline-worker", false, "internal: run the plain asynq baseline worker")
+	flag.StringVar(&o.redisAddr, "redis", "", "internal: Redis address of the baseline worker")
+	flag.StringVar(&o.queue, "queue", "", "internal: queue of the baseline worker")
+	flag.StringVar(&o.prefix, "prefix", "", "internal: key prefix of the baseline worker")
+	flag.StringVar(&o.url, "url", "", "internal: upstream base URL of the baseline worker")
+	flag.Parse()
+	var err error
+	if o.baselineWorker {
+		err = runBaselineWorker(o)
+	} else {
+		err = run(o)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-overhead:", err)
+		os.Exit(1)
+	}
+}
+
+// kind is one of the two workers measured.
+type kind struct {
+	name  string
+	start func(o options, queue, url string) (*exec.Cmd, *os.File, error)
+}
+
+// measurement is one run's figures.
+type measurement struct {
+	rate                  float64 // jobs/s from the first dequeue to the last job done
+	workerCPU, redisCPU   time.Duration
+	commands              map[string]int64 // Redis command calls during the run
+	jobs                  int
+	upstreamCalls         int64
+	workerLog             string
+	drainStart, drainStop time.Time
+}
+
+func run(o options) error {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "llmq-bench-overhead")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	rs, err := startRedis(ctx, filepath.Join(dir, "redis"))
+	if err != nil {
+		return err
+	}
+	defer rs.kill()
+	o.redisAddr = rs.addr
+	fake, err := fakeupstream.New(fakeupstream.Config{APIKey: benchKey})
+	if err != nil {
+		return err
+	}
+	hs := httptest.NewServer(fake.Handler())
+	defer hs.Close()
+	defer fake.Close()
+	url := hs.URL + "/v1"
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	kinds := []kind{
+		{"plain asynq handler", func(o options, queue, url string) (*exec.Cmd, *os.File, error) {
+			return startProc(dir, queue, self, []string{"-baseline-worker", "-redis", o.redisAddr, "-queue", queue, "-prefix", queue,
+				"-url", url, "-concurrency", fmt.Sprint(o.concurrency)}, nil)
+		}},
+		{"llmq worker", func(o options, queue, url string) (*exec.Cmd, *os.File, error) {
+			cfg := filepath.Join(dir, queue+".yaml")
+			yml := fmt.Sprintf("prefix: %s\nqueue: %s\nworker:\n  concurrency: %d\n  queues: {%s: 1}\n  shutdown_timeout: 5s\n",
+				queue, queue, o.concurrency, queue)
+			if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
+				return nil, nil, err
+			}
+			return startProc(dir, queue, o.bin, []string{"worker"}, []string{"LLMQ_CONFIG=" + cfg,
+				"LLMQ_REDIS_URL=redis://" + o.redisAddr + "/0", "OPENAI_BASE_URL=" + url, "OPENAI_API_KEY=" + benchKey,
+				"LLMQ_API_KEY_FILE=", "LLMQ_RPM=", "LLMQ_TPM=", "LLMQ_METRICS_ADDR=127.0.0.1:0", "LOG_LEVEL=info", "LLMQ_ENV=prod"})
+		}},
+	}
+	fmt.Printf("bench-overhead: %d jobs per run, 1 process × %d, instant fake upstream, own redis-server %s, best of %d\n",
+		o.jobs, o.concurrency, rs.addr, o.runs)
+	best := make([]*measurement, len(kinds))
+	for r := range o.runs {
+		for k, kd := range kinds { // interleaved, so load on the machine hits both alike
+			queue := fmt.Sprintf("ovh%d%c", r, 'a'+k)
+			m, err := measure(ctx, o, rs, fake, kd, queue, url)
+			if err != nil {
+				return fmt.Errorf("%s, run %d: %w", kd.name, r+1, err)
+			}
+			fmt.Printf("  run %d %-20s %7.0f jobs/s\n", r+1, kd.name, m.rate)
+			if o.keepLogs {
+				fmt.Println(m.workerLog)
+			}
+			if best[k] == nil || m.rate > best[k].rate {
+				best[k] = m
+			}
+		}
+	}
+	fmt.Println()
+	fmt.Printf("%-22s %9s %16s %15s %16s\n", "", "jobs/s", "worker CPU/job", "Redis CPU/job", "Redis cmds/job")
+	for k, kd := range kinds {
+		m := best[k]
+		fmt.Printf("%-22s %9.0f %13.3f ms %12.3f ms %16.1f\n", kd.name, m.rate,
+			perJobMS(m.workerCPU, m.jobs), perJobMS(m.redisCPU, m.jobs), float64(total(m.commands))/float64(m.jobs))
+	}
+	fmt.Printf("ratio llmq/plain: %.2f× (target ≥ 0.80×)\n\n", best[1].rate/best[0].rate)
+	for k, kd := range kinds {
+		fmt.Printf("Redis commands per job, %s: %s\n", kd.name, topCommands(best[k].commands, best[k].jobs))
+	}
+	return nil
+}
+
+func perJobMS(d time.Duration, jobs int) float64 {
+	return float64(d) / float64(time.Millisecond) / float64(jobs)
+}
+
+// measure runs one batch through one worker process.
+func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream.Server, kd kind, queue, url string) (*measurement, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: rs.addr})
+	defer rdb.Close()
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	// Pause the queue until the worker is up, so the run measures draining,
+	// not the process start.
+	if err := insp.PauseQueue(queue); err != nil {
+		return nil, fmt.Errorf("pause queue: %w", err)
+	}
+	p, err := producer.New(asynq.RedisClientOpt{Addr: rs.addr}, producer.WithQueue(queue), producer.WithPrefix(queue))
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	rep, err := p.EnqueueBatch(ctx, strings.NewReader(batchJSONL(o.jobs)), producer.BatchID("overhead"))
+	if err != nil {
+		return nil, fmt.Errorf("enqueue: %w", err)
+	}
+	if rep.Enqueued != o.jobs {
+		return nil, fmt.Errorf("enqueued %d of %d jobs", rep.Enqueued, o.jobs)
+	}
+	cmd, logf, err := kd.start(o, queue, url)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	if err := waitRegistered(insp, cmd, logf.Name()); err != nil {
+		return nil, err
+	}
+	calls0 := fake.Stats().Requests
+	wcpu0, err := procCPU(cmd.Process.Pid)
+	if err != nil {
+		return nil, err
+	}
+	rcpu0, err := procCPU(rs.cmd.Process.Pid)
+	if err != nil {
+		return nil, err
+	}
+	cs0, err := commandStats(ctx, rdb)
+	if err != nil {
+		return nil, err
+	}
+	if err := insp.UnpauseQueue(queue); err != nil {
+		return nil, fmt.Errorf("unpause queue: %w", err)
+	}
+	m := &measurement{jobs: o.jobs}
+	polls, err := drain(ctx, rdb, queue, o.jobs, m)
+	if err != nil {
+		return nil, fmt.Errorf("%w\nworker log tail:\n%s", err, tail(logf.Name(), 10))
+	}
+	wcpu1, err := procCPU(cmd.Process.Pid)
+	if err != nil {
+		return nil, err
+	}
+	rcpu1, err := procCPU(rs.cmd.Process.Pid)
+	if err != nil {
+		return nil, err
+	}
+	cs1, err := commandStats(ctx, rdb)
+	if err != nil {
+		return nil, err
+	}
+	m.upstreamCalls = fake.Stats().Requests - calls0
+	m.workerCPU, m.redisCPU = wcpu1-wcpu0, rcpu1-rcpu0
+	m.commands = map[string]int64{}
+	for c, n := range cs1 {
+		if d := n - cs0[c]; d > 0 {
+			m.commands[c] = d
+		}
+	}
+	// The bench's own reads: one pipeline of 4 per poll, and the INFO.
+	m.commands["llen"] -= 2 * polls
+	m.commands["zcard"] -= 2 * polls
+	m.commands["info"]--
+	for c, n := range m.commands {
+		if n <= 0 {
+			delete(m.commands, c)
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	werr := cmd.Wait()
+	stopped = true
+	if werr != nil {
+		return nil, fmt.Errorf("worker exited with %v after SIGTERM:\n%s", werr, tail(logf.Name(), 10))
+	}
+	if m.upstreamCalls != int64(o.jobs) {
+		return nil, fmt.Errorf("the upstream answered %d calls for %d jobs", m.upstreamCalls, o.jobs)
+	}
+	if o.keepLogs {
+		m.workerLog = tail(logf.Name(), 40)
+	}
+	return m, nil
+}
+
+// drain polls the queue's lists until every task is done; the rate is
+// measured from the first task taken to the last done. It returns the
+// number of polls made (their commands are the bench's, not the worker's).
+func drain(ctx context.Context, rdb *redis.Client, queue string, jobs int, m *measurement) (int64, error) {
+	base := "asynq:{" + queue + "}:"
+	deadline := time.Now().Add(drainLimit)
+	var polls int64
+	for {
+		pipe := rdb.Pipeline()
+		pending, active := pipe.LLen(ctx, base+"pending"), pipe.LLen(ctx, base+"active")
+		retry, sched := pipe.ZCard(ctx, base+"retry"), pipe.ZCard(ctx, base+"scheduled")
+		_, err := pipe.Exec(ctx)
+		polls++
+		if err != nil {
+			return polls, fmt.Errorf("read the queue: %w", err)
+		}
+		now := time.Now()
+		left := pending.Val() + active.Val() + retry.Val() + sched.Val()
+		if m.drainStart.IsZero() && pending.Val() < int64(jobs) {
+			m.drainStart = now
+		}
+		if left == 0 {
+			m.drainStop = now
+			m.rate = float64(jobs) / m.drainStop.Sub(m.drainStart).Seconds()
+			return polls, nil
+		}
+		if now.After(deadline) {
+			return polls, fmt.Errorf("%d tasks left after %s", left, drainLimit)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// waitRegistered waits until asynq lists the worker process's server.
+func waitRegistered(insp *asynq.Inspector, cmd *exec.Cmd, logPath string) error {
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		srvs, err := insp.Servers()
+		if err == nil && slices.ContainsFunc(srvs, func(s *asynq.ServerInfo) bool { return s.PID == cmd.Process.Pid }) {
+			return nil
+		}
+	}
+	return errors.New("worker did not register with asynq within 20s:\n" + tail(logPath, 10))
+}
+
+// startProc starts bin with args, its output in a log file under dir.
+func startProc(dir, name, bin string, args, env []string) (*exec.Cmd, *os.File, error) {
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, nil, fmt.Errorf("start %s (build it with `make build`): %w", bin, err)
+	}
+	return cmd, logf, nil
+}
+
+// batchJSONL returns n short jobs.
+func batchJSONL(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, `{"custom_id":"c%d","model":"gpt-4o-mini","messages":[{"role":"user","content":"prompt %d"}],"max_tokens":32}`+"\n", i, i)
+	}
+	return b.String()
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
