@@ -4,7 +4,7 @@ BUILD   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.build=$(BUILD)
 BIN     := bin/llmq
 
-.PHONY: build demo test test-redis-ha lint bench bench-enqueue bench-e2e bench-budget bench-outage bench-overhead redis fuzz drill clean
+.PHONY: build demo test test-redis-ha lint bench bench-enqueue bench-e2e bench-budget bench-outage bench-overhead bench-redis redis fuzz drill clean
 
 build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/llmq
@@ -24,7 +24,7 @@ test: redis
 REDIS_HA_PKGS = ./ratelimit ./breaker ./hold ./results ./cache ./producer ./metrics ./worker
 test-redis-ha:
 	go run ./cmd/redistopo cluster -- go test -count=1 $(REDIS_HA_PKGS)
-	go run ./cmd/redistopo sentinel -- go test -count=1 ./producer ./results ./worker
+	go run ./cmd/redistopo sentinel -- go test -count=1 ./producer ./results ./hold
 
 lint:
 	go vet ./...
@@ -59,6 +59,10 @@ bench-outage: build redis
 ## doing the same call and one SET, side by side: rates, ratio, CPU and Redis commands per job
 bench-overhead: build
 	go run ./bench/overhead -bin $(BIN)
+
+## bench-redis: jobs/s on one Redis vs a 3-master cluster, 1, 3 and 6 queues, with Redis CPU per job
+bench-redis:
+	go run ./bench/redisha -jobs 6000 -queues 1,3,6
 
 ## drill: fault drills against real processes (bin/llmq workers, own Redis, fake upstream), long form; prints the table
 drill: build redis

@@ -3,12 +3,14 @@
 //
 // A [Server] answers POST /v1/chat/completions (and /chat/completions, and
 // Azure's /openai/deployments/{deployment}/chat/completions) with realistic
-// chat.completion bodies whose usage is counted with the same
-// jobs.Estimator the worker budgets with. It enforces a configured RPM and
-// TPM the way OpenAI does (token buckets refilled continuously, charged at
-// request time with the prompt estimate plus max_tokens × n), sends the real
-// x-ratelimit-* headers on every answer, and rejects over-budget requests
-// with OpenAI's 429 bodies and retry-after / retry-after-ms headers.
+// chat.completion bodies whose usage is counted with jobs.Estimator's
+// tokenizer. It enforces a configured RPM and TPM the way OpenAI does
+// (golang.org/x/time/rate token buckets refilled continuously, per minute or
+// quantised to Config.Quantum of their rate, charged at request time with
+// the prompt estimate plus max_tokens × n, the prompt counted by the
+// tokenizer or, AccountChars, by characters), sends the real x-ratelimit-*
+// headers on every answer, and rejects over-budget requests with OpenAI's
+// 429 bodies and retry-after / retry-after-ms headers.
 //
 // A request with "stream": true is answered the way OpenAI streams
 // (text/event-stream): a chunk per choice per step, n > 1 interleaved, the

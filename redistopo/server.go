@@ -188,3 +188,9 @@ func (p *permanent) Error() string { return p.err.Error() }
 
 // stop wraps err so waitFor returns it at once.
 func stop(err error) error { return &permanent{err} }
+
+// StartServer starts one plain redis-server (no persistence) in dir, with
+// extra redis-server arguments.
+func StartServer(ctx context.Context, dir string, extra ...string) (*Server, error) {
+	return startServer(ctx, dir, false, "", append([]string{"--save", "", "--appendonly", "no"}, extra...)...)
+}

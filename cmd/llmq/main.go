@@ -40,9 +40,29 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.msg }
 
+// exitSignalBase plus a signal's number is the exit code of a second
+// interrupt, as shells report a process a signal ended.
+const exitSignalBase = 128
+
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The first SIGINT/SIGTERM cancels ctx: every command winds down (the
+	// worker drains within worker.shutdown_timeout). A second one stops the
+	// process at once, as most Go servers do.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		cancel()
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "llmq: second %v: stopping now\n", s)
+		code := 1
+		if n, ok := s.(syscall.Signal); ok {
+			code = exitSignalBase + int(n)
+		}
+		os.Exit(code)
+	}()
 	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	if err == nil {
 		return
@@ -81,8 +101,17 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 			}
 			a.cfg = cfg
 			a.log = newLogger(stderr, cfg.Log)
-			// go-redis logs reconnects on its own; route them through
-			// the process logger so every line stays JSON.
+			if !needsRedis(cmd) {
+				return nil
+			}
+			// go-redis logs dial failures on its own; until Redis has
+			// answered, one clear error says it all.
+			redis.SetLogger(silentLogger{})
+			if err := a.checkRedis(cmd.Context()); err != nil {
+				return err
+			}
+			// From here on, route its reconnect warnings through the
+			// process logger so every line stays JSON.
 			redis.SetLogger(redisLogger{a.log})
 			return nil
 		},
@@ -115,6 +144,69 @@ type redisLogger struct{ l zerolog.Logger }
 func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 	r.l.Warn().Str("component", "redis").Msg(fmt.Sprintf(format, v...))
 }
+
+// noRedisAnnotation marks a command that runs without Redis.
+const noRedisAnnotation = "llmq/no-redis"
+
+// redisCheckTimeout bounds the PING every command that needs Redis sends
+// before it starts.
+const redisCheckTimeout = 3 * time.Second
+
+// needsRedis reports whether cmd talks to Redis: every command but those
+// annotated otherwise (config, fake-upstream, help) and `worker --probe`.
+func needsRedis(cmd *cobra.Command) bool {
+	for c := cmd; c != nil; c = c.Parent() {
+		if c.Annotations[noRedisAnnotation] != "" {
+			return false
+		}
+	}
+	if cmd.Name() == "help" || cmd.Name() == "completion" || cmd.Parent() != nil && cmd.Parent().Name() == "completion" {
+		return false
+	}
+	if f := cmd.Flags().Lookup("probe"); f != nil && f.Value.String() == "true" {
+		return false
+	}
+	return true
+}
+
+// noRedis is the annotation of a command that runs without Redis.
+func noRedis() map[string]string { return map[string]string{noRedisAnnotation: "true"} }
+
+// errRedisDown is matched by the error of a command whose Redis does not
+// answer.
+var errRedisDown = errors.New("does not answer")
+
+// checkRedis PINGs the configured Redis once and returns one clear error
+// when it does not answer or refuses the connection.
+func (a *app) checkRedis(ctx context.Context) error {
+	c, err := a.redisConn()
+	if err != nil {
+		return err
+	}
+	rdb := c.NewClient()
+	defer rdb.Close()
+	pctx, cancel := context.WithTimeout(ctx, redisCheckTimeout)
+	defer cancel()
+	err = rdb.Ping(pctx).Err()
+	var rerr redis.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &rerr):
+		// Redis answered, with an error (a wrong password, a protected
+		// mode): its message names the problem and holds no secret.
+		return fmt.Errorf("Redis at %s refused the connection: %v (LLMQ_REDIS_URL)", c.Redacted(), rerr)
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	return fmt.Errorf("Redis at %s %w (LLMQ_REDIS_URL)", c.Redacted(), errRedisDown)
+}
+
+// silentLogger drops go-redis's own log lines.
+type silentLogger struct{}
+
+// Printf drops the message.
+func (silentLogger) Printf(context.Context, string, ...any) {}
 
 // redisConn parses the configured Redis URL.
 func (a *app) redisConn() (*redisconn.Conn, error) {
@@ -152,9 +244,10 @@ func (a *app) redisClient(ctx context.Context) (redis.UniversalClient, asynq.Red
 
 func (a *app) configCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "config",
-		Short: "Print the effective configuration (defaults, LLMQ_CONFIG file, environment), secrets masked",
-		Args:  cobra.NoArgs,
+		Use:         "config",
+		Annotations: noRedis(),
+		Short:       "Print the effective configuration (defaults, LLMQ_CONFIG file, environment), secrets masked",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.cfg.Print(a.stdout)
 		},

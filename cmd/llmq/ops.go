@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/llmq/llmq/fakeupstream"
 	"github.com/llmq/llmq/hold"
+	"github.com/llmq/llmq/ratelimit"
 )
 
 func (a *app) resumeCmd() *cobra.Command {
@@ -89,23 +91,66 @@ func (a *app) statusCmd() *cobra.Command {
 			} else {
 				fmt.Fprintf(a.stdout, "\nhold: none (account %q)\n", a.cfg.Upstream.Account)
 			}
-			if lim, err := a.limiter(rdb); err == nil && lim != nil {
-				fmt.Fprintln(a.stdout)
-				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "BUDGET\tRPM\tTPM\tFACTOR\tSNAPSHOT")
-				for model, b := range a.cfg.Budgets {
-					snap, err := lim.Usage(ctx, model)
-					s, _ := json.Marshal(snap)
-					if err != nil {
-						s = []byte(err.Error())
-					}
-					fmt.Fprintf(tw, "%s\t%d\t%d\t%.3f\t%s\n", model, b.RPM, b.TPM, snap.Factor, s)
-				}
-				_ = tw.Flush()
+			if err := a.printBudgets(ctx, rdb); err != nil {
+				return err
 			}
 			return a.printBreakers(ctx, rdb)
 		},
 	}
+}
+
+// printBudgets shows the budgets in use: one row per model that has
+// called upstream recently, with the budget that applies to it (its own or
+// the default) and the bucket's state.
+func (a *app) printBudgets(ctx context.Context, rdb redis.UniversalClient) error {
+	lim, err := a.limiter(rdb)
+	if err != nil {
+		return err
+	}
+	models, err := lim.InUse(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout)
+	if len(models) == 0 {
+		fmt.Fprintf(a.stdout, "budgets: none in use (account %q; no model called recently)\n", a.cfg.Upstream.Account)
+		return nil
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BUDGET\tAPPLIES\tRPM\tTPM\tREQUESTS\tTOKENS\tFACTOR\tCOOLDOWN")
+	for _, model := range models {
+		b, _ := lim.Budget(model)
+		applies := model
+		if _, own := a.cfg.Budgets[model]; !own {
+			applies = ratelimit.DefaultModel
+		}
+		snap, err := lim.Usage(ctx, model)
+		if err != nil {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%v\t\t\t\n", model, applies, b.RPM, b.TPM, err)
+			continue
+		}
+		cool := "-"
+		if !snap.CooldownUntil.IsZero() {
+			cool = "until " + snap.CooldownUntil.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%s\n", model, applies, limit(b.RPM), limit(b.TPM),
+			level(snap.Requests, snap.RequestCapacity), level(snap.Tokens, snap.TokenCapacity), snap.Factor, cool)
+	}
+	return tw.Flush()
+}
+
+func limit(n int64) string {
+	if n == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprint(n)
+}
+
+func level(avail float64, capacity int64) string {
+	if capacity == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f/%d", avail, capacity)
 }
 
 func (a *app) fakeUpstreamCmd() *cobra.Command {
@@ -118,9 +163,10 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 		tokensPerSecond      float64
 	)
 	cmd := &cobra.Command{
-		Use:   "fake-upstream",
-		Short: "Serve a fake OpenAI chat-completions API (limits, headers, fault injection) for tests, demos and drills",
-		Args:  cobra.NoArgs,
+		Use:         "fake-upstream",
+		Annotations: noRedis(),
+		Short:       "Serve a fake OpenAI chat-completions API (limits, headers, fault injection) for tests, demos and drills",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			srv, err := fakeupstream.New(fakeupstream.Config{RPM: rpm, TPM: tpm, Latency: latency, Faults: faults, APIKey: apiKey,
 				Quantum: quantum, Accounting: fakeupstream.Accounting(accounting),
