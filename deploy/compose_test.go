@@ -390,7 +390,7 @@ func exportedNames(t *testing.T) map[string]bool {
 		out[mf.GetName()] = true
 	}
 	// Scrape-time collectors (they need Redis; metrics' own tests cover them).
-	for _, n := range []string{"llmq_budget_limit_per_minute", "llmq_budget_capacity", "llmq_budget_available",
+	for _, n := range []string{"llmq_budget_tokens_per_minute", "llmq_budget_requests_per_minute", "llmq_budget_tokens_capacity", "llmq_budget_tokens_available",
 		"llmq_budget_utilization_ratio", "llmq_budget_cooldown_seconds", "asynq_queue_tasks", "asynq_queue_size",
 		"asynq_queue_latency_seconds", "asynq_queue_memory_usage_approx_bytes", "asynq_queue_paused",
 		"asynq_tasks_processed_total", "asynq_tasks_failed_total"} {

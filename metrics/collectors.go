@@ -34,10 +34,11 @@ type HoldSource interface {
 
 // WatchBudget adds a collector that reads, at each scrape, the fleet-wide
 // budget of every model this process has called (as its metrics saw them):
-// llmq_budget_limit_per_minute, llmq_budget_capacity, llmq_budget_available
-// and llmq_budget_utilization_ratio by model and kind (requests, tokens),
-// and llmq_budget_cooldown_seconds by model. Unlimited dimensions are left
-// out. Every worker of a fleet reports the same shared budget: aggregate
+// llmq_budget_{requests,tokens}_{per_minute,capacity,available} by model,
+// llmq_budget_utilization_ratio by model and kind (requests, tokens), and
+// llmq_budget_cooldown_seconds by model. A dimension the budget does not
+// limit has no gauges (no bucket); the cooldown of a 429 is reported for
+// unlimited budgets too. Every worker of a fleet reports the same shared budget: aggregate
 // with max, not sum.
 func (m *Metrics) WatchBudget(src BudgetSource) error {
 	if m == nil {
@@ -160,29 +161,38 @@ func (c holdCollector) Collect(ch chan<- prometheus.Metric) {
 	c.m.holdActive.Collect(ch)
 }
 
-// budgetCollector reads the fleet-wide budgets at scrape time.
+// budgetCollector reads the fleet-wide budgets at scrape time. Requests
+// and tokens are different units, so each has gauges of its own; only the
+// utilization ratio, a unitless share, is one metric with a kind label. A
+// dimension the budget does not limit (rpm or tpm 0) has no gauges: there
+// is no bucket to report; the cooldown is reported for every budget.
 type budgetCollector struct {
 	m   *Metrics
 	src BudgetSource
 
-	limit, capacity, available, util, cooldown, factor *prometheus.Desc
+	reqLimit, reqCapacity, reqAvailable *prometheus.Desc
+	tokLimit, tokCapacity, tokAvailable *prometheus.Desc
+	util, cooldown, factor              *prometheus.Desc
 }
 
 func newBudgetCollector(m *Metrics, src BudgetSource) *budgetCollector {
-	mk := []string{"model", "kind"}
+	md := []string{"model"}
 	return &budgetCollector{
 		m: m, src: src,
-		limit:     prometheus.NewDesc("llmq_budget_limit_per_minute", "Fleet-wide budget per minute in force, by model and kind (requests, tokens): the configured one, or the provider's x-ratelimit-limit-* when lower.", mk, nil),
-		capacity:  prometheus.NewDesc("llmq_budget_capacity", "Size of the fleet-wide budget bucket (burst) now, by model and kind.", mk, nil),
-		available: prometheus.NewDesc("llmq_budget_available", "What the fleet-wide budget bucket holds now, by model and kind.", mk, nil),
-		util:      prometheus.NewDesc("llmq_budget_utilization_ratio", "Share of the fleet-wide budget bucket in use now (1 - available/capacity), by model and kind.", mk, nil),
-		cooldown:  prometheus.NewDesc("llmq_budget_cooldown_seconds", "Seconds left of a fleet-wide 429 cooldown on the model (0 when none).", []string{"model"}, nil),
-		factor:    prometheus.NewDesc("llmq_budget_estimate_factor", "Calibration factor of the model's budget: the provider's tokens per estimated token, learned from its x-ratelimit-remaining-tokens readings (1 until learned).", []string{"model"}, nil),
+		reqLimit:     prometheus.NewDesc("llmq_budget_requests_per_minute", "Fleet-wide request budget per minute in force, by model: the configured rpm, or the provider's x-ratelimit-limit-requests when lower.", md, nil),
+		reqCapacity:  prometheus.NewDesc("llmq_budget_requests_capacity", "Size of the fleet-wide request bucket (burst) now, in requests, by model.", md, nil),
+		reqAvailable: prometheus.NewDesc("llmq_budget_requests_available", "Requests the fleet-wide request bucket holds now, by model.", md, nil),
+		tokLimit:     prometheus.NewDesc("llmq_budget_tokens_per_minute", "Fleet-wide token budget per minute in force, by model: the configured tpm, or the provider's x-ratelimit-limit-tokens when lower.", md, nil),
+		tokCapacity:  prometheus.NewDesc("llmq_budget_tokens_capacity", "Size of the fleet-wide token bucket (burst) now, in tokens, by model.", md, nil),
+		tokAvailable: prometheus.NewDesc("llmq_budget_tokens_available", "Tokens the fleet-wide token bucket holds now, by model.", md, nil),
+		util:         prometheus.NewDesc("llmq_budget_utilization_ratio", "Share of the fleet-wide budget bucket in use now (1 - available/capacity), by model and kind (requests, tokens).", []string{"model", "kind"}, nil),
+		cooldown:     prometheus.NewDesc("llmq_budget_cooldown_seconds", "Seconds left of a fleet-wide 429 cooldown on the model (0 when none), limited budget or not.", md, nil),
+		factor:       prometheus.NewDesc("llmq_budget_estimate_factor", "Calibration factor of the model's budget: the provider's tokens per estimated token, learned from its x-ratelimit-remaining-tokens readings (1 until learned).", md, nil),
 	}
 }
 
 func (c *budgetCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.limit, c.capacity, c.available, c.util, c.cooldown, c.factor} {
+	for _, d := range []*prometheus.Desc{c.reqLimit, c.reqCapacity, c.reqAvailable, c.tokLimit, c.tokCapacity, c.tokAvailable, c.util, c.cooldown, c.factor} {
 		ch <- d
 	}
 }
@@ -200,20 +210,20 @@ func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		for _, d := range []struct {
-			kind      string
-			limit     int64
-			capacity  int64
-			available float64
+			kind                 string
+			limit, capacity      int64
+			available            float64
+			limitD, capD, availD *prometheus.Desc
 		}{
-			{"requests", s.RPM, s.RequestCapacity, s.Requests},
-			{"tokens", s.TPM, s.TokenCapacity, s.Tokens},
+			{"requests", s.RPM, s.RequestCapacity, s.Requests, c.reqLimit, c.reqCapacity, c.reqAvailable},
+			{"tokens", s.TPM, s.TokenCapacity, s.Tokens, c.tokLimit, c.tokCapacity, c.tokAvailable},
 		} {
 			if d.capacity <= 0 {
 				continue
 			}
-			ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(d.limit), model, d.kind)
-			ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(d.capacity), model, d.kind)
-			ch <- prometheus.MustNewConstMetric(c.available, prometheus.GaugeValue, d.available, model, d.kind)
+			ch <- prometheus.MustNewConstMetric(d.limitD, prometheus.GaugeValue, float64(d.limit), model)
+			ch <- prometheus.MustNewConstMetric(d.capD, prometheus.GaugeValue, float64(d.capacity), model)
+			ch <- prometheus.MustNewConstMetric(d.availD, prometheus.GaugeValue, d.available, model)
 			util := 1 - d.available/float64(d.capacity)
 			ch <- prometheus.MustNewConstMetric(c.util, prometheus.GaugeValue, min(max(util, 0), 1), model, d.kind)
 		}

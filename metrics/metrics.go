@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/llmq/llmq/policy"
 )
 
 // Job outcomes, the values of llmq_jobs_total's outcome label: what one
@@ -300,7 +302,7 @@ func (m *Metrics) holdClassesLocked(account string) map[string]bool {
 		if len(m.holds) >= maxTracked {
 			return nil
 		}
-		cs = map[string]bool{"auth": true, "quota": true}
+		cs = map[string]bool{policy.ClassAuth: true, policy.ClassQuota: true}
 		m.holds[account] = cs
 	}
 	return cs

@@ -281,13 +281,15 @@ func TestBudgetCollectorReadsTheFleetBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := m.Registry()
-	if _, ok := value(t, reg, "llmq_budget_limit_per_minute", nil); ok {
+	if _, ok := value(t, reg, "llmq_budget_tokens_per_minute", nil); ok {
 		t.Fatal("budget reported before the model was used")
 	}
 	m.UpstreamCall("gpt-4o-mini", 200, "ok", "ok", time.Millisecond)
 	m.UpstreamCall("no-budget-model", 200, "ok", "ok", time.Millisecond) // no budget, no "default": skipped
-	want(t, reg, "llmq_budget_limit_per_minute", L{"model": "gpt-4o-mini", "kind": "tokens"}, 10000)
-	want(t, reg, "llmq_budget_limit_per_minute", L{"model": "gpt-4o-mini", "kind": "requests"}, 60)
+	want(t, reg, "llmq_budget_tokens_per_minute", L{"model": "gpt-4o-mini"}, 10000)
+	want(t, reg, "llmq_budget_tokens_capacity", L{"model": "gpt-4o-mini"}, 10000)
+	want(t, reg, "llmq_budget_requests_per_minute", L{"model": "gpt-4o-mini"}, 60)
+	want(t, reg, "llmq_budget_requests_available", L{"model": "gpt-4o-mini"}, 60)
 	want(t, reg, "llmq_budget_utilization_ratio", L{"model": "gpt-4o-mini", "kind": "tokens"}, 0)
 	want(t, reg, "llmq_budget_estimate_factor", L{"model": "gpt-4o-mini"}, 1)
 	if _, err := lim.Reserve(context.Background(), "gpt-4o-mini", ratelimit.Cost{Requests: 1, Tokens: 5000}); err != nil {

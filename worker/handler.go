@@ -198,6 +198,7 @@ func (w *Worker) saveFailure(ctx context.Context, a *attempt, v *verdict) error 
 	w.cfg.Metrics.DeadLetter(v.class)
 	if t != results.Kept {
 		w.writeTaskResult(a, b)
+		w.keepDeadLetter(ctx, a.task, a.job.ID, a.number, v.reason)
 	}
 	return nil
 }

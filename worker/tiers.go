@@ -169,10 +169,6 @@ func (w *Worker) call(ctx context.Context, a *attempt, model string, tier int, b
 		cctx, cancelDeadline = context.WithDeadline(cctx, a.job.Deadline)
 		defer cancelDeadline()
 	}
-	if w.cfg.Keys != nil {
-		_, _ = w.cfg.Keys.Key() // re-read a changed key file first, as the client will
-		a.callKey = w.cfg.Keys.Fingerprint()
-	}
 	start := w.now()
 	resp, err := w.cfg.Upstream.Chat(cctx, body)
 	latency := w.now().Sub(start)
@@ -181,9 +177,10 @@ func (w *Worker) call(ctx context.Context, a *attempt, model string, tier int, b
 	var ue *upstream.Error
 	switch {
 	case resp != nil:
-		status, requestID = resp.StatusCode, resp.RequestID
+		// The client reads the key once per call and says which it used.
+		status, requestID, a.callKey = resp.StatusCode, resp.RequestID, resp.KeyFingerprint
 	case errors.As(err, &ue):
-		status, requestID = ue.StatusCode, ue.RequestID
+		status, requestID, a.callKey = ue.StatusCode, ue.RequestID, ue.KeyFingerprint
 	}
 	w.cfg.Metrics.UpstreamCall(model, status, c.pv.Class, w.metricOutcome(a, tier, c.pv), latency)
 	ev := w.log.Info()
@@ -196,6 +193,10 @@ func (w *Worker) call(ctx context.Context, a *attempt, model string, tier int, b
 		Str("class", c.pv.Class).Str("outcome", string(c.pv.Outcome))
 	if status != 0 {
 		ev = ev.Int("status", status).Str("request_id", requestID)
+	}
+	if resp != nil && resp.UsageErr != nil {
+		// The answer is kept; the budget keeps its estimate.
+		ev = ev.Str("usage_error", resp.UsageErr.Error())
 	}
 	if err != nil {
 		ev = ev.Str("error", err.Error())

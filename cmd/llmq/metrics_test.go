@@ -163,7 +163,7 @@ func TestWorkerMetricsEndpoint(t *testing.T) {
 		{"llmq_retries_total", nil, 1, 1},
 		{"llmq_dead_letters_total", map[string]string{"class": "invalid_request"}, 1, 1},
 		{"llmq_hold_active", map[string]string{"account": "default", "class": "quota"}, 0, 0},
-		{"llmq_budget_limit_per_minute", map[string]string{"model": model, "kind": "tokens"}, 2000000, 2000000},
+		{"llmq_budget_tokens_per_minute", map[string]string{"model": model}, 2000000, 2000000},
 		{"llmq_budget_utilization_ratio", map[string]string{"model": model, "kind": "requests"}, 0, 1},
 		{"asynq_queue_tasks", map[string]string{"queue": p.env.Queue, "state": "archived"}, 1, 1},
 		{"asynq_queue_size", map[string]string{"queue": p.env.Queue}, 1, n},
