@@ -39,8 +39,9 @@ const (
 )
 
 // Conn is a parsed Redis URL: everything needed to connect, in one value.
-// Its String and Redacted forms, and fmt's %v and %#v of it, never show a
-// password.
+// Its String and Redacted forms, and fmt's %v, %+v and %#v of a Conn or a
+// *Conn, never show a password (String and GoString have value receivers
+// for that reason).
 type Conn struct {
 	// Mode is single, sentinel or cluster.
 	Mode Mode
@@ -287,7 +288,8 @@ func (c *Conn) tlsConfig() *tls.Config {
 		host = c.Addrs[0]
 	}
 	if c.Mode != Single {
-		// Several hosts: go-redis sets each node's name; one name would be wrong.
+		// Several hosts: left empty, crypto/tls checks each node against its
+		// own host name (tls.DialWithDialer); one name would be wrong.
 		host = ""
 	}
 	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
@@ -355,7 +357,7 @@ func (c *Conn) NewClient() redis.UniversalClient {
 // String describes the connection for people: its mode, nodes and
 // database, with any password masked, e.g.
 // "sentinel master=mymaster sentinels=10.0.0.1:26379,10.0.0.2:26379 db=0 password=xxxxx".
-func (c *Conn) String() string {
+func (c Conn) String() string {
 	var b strings.Builder
 	b.WriteString(string(c.Mode))
 	if c.TLS {
@@ -382,7 +384,7 @@ func (c *Conn) String() string {
 }
 
 // GoString is String, so %#v masks the password too.
-func (c *Conn) GoString() string { return c.String() }
+func (c Conn) GoString() string { return c.String() }
 
 // Redacted returns the connection as a URL in canonical form with every
 // password replaced by xxxxx: safe for logs, errors and `llmq config`.

@@ -76,7 +76,7 @@ func TestParseForms(t *testing.T) {
 			if err != nil || back.String() != c.String() {
 				t.Errorf("Parse(Redacted) = %v, %v", back, err)
 			}
-			for _, shown := range []string{c.String(), c.Redacted(), fmt.Sprintf("%v %+v %#v %s", c, c, c, c)} {
+			for _, shown := range []string{c.String(), c.Redacted(), fmt.Sprintf("%v %+v %#v %s %v %+v %#v", c, c, c, c, *c, *c, *c)} {
 				if strings.Contains(shown, "s3cr") {
 					t.Errorf("password shown: %s", shown)
 				}

@@ -110,7 +110,10 @@ func (a *app) keySource() (upstream.KeySource, error) {
 		ks = upstream.StaticKey(a.cfg.Upstream.APIKey)
 	}
 	if _, err := ks.Key(); err != nil {
-		return nil, err
+		if a.cfg.Upstream.APIKeyFile != "" {
+			return nil, fmt.Errorf("%w (LLMQ_API_KEY_FILE: create the file or fix the path)", err)
+		}
+		return nil, fmt.Errorf("%w (set OPENAI_API_KEY or LLMQ_API_KEY_FILE)", err)
 	}
 	return ks, nil
 }

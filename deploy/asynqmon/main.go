@@ -23,6 +23,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/signal"
 	"strconv"
@@ -99,7 +100,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	h := newHandler(conn.AsynqOpt(), o)
 	defer h.Close()
-	srv := &http.Server{Addr: o.addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Addr: o.addr, Handler: withFailureRecords(h), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.ListenAndServe() }()
 	fmt.Fprintf(stderr, "llmq-asynqmon: serving asynqmon on %s\n", o.addr)
@@ -201,4 +202,60 @@ func resultFormatter(bodyBytes int) asynqmon.ResultFormatter {
 		}
 		return string(b)
 	})
+}
+
+// withFailureRecords shows a dead letter's failure record on its task
+// page. asynqmon's UI shows a task's result only when the task completed,
+// so for an archived task with a result (llmq writes the failure record:
+// reason, attempts, last upstream body, key scrubbed) the task API's
+// payload becomes {"job": <summary>, "failure_record": <record>}.
+func withFailureRecords(mon http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", mon)
+	mux.HandleFunc("GET /api/queues/{queue}/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		mon.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		if rec.Code == http.StatusOK {
+			body = foldFailureRecord(body)
+		}
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(body)
+	})
+	return mux
+}
+
+// foldFailureRecord moves an archived task's result into its payload view;
+// any other answer is returned as is.
+func foldFailureRecord(body []byte) []byte {
+	var task map[string]json.RawMessage
+	if json.Unmarshal(body, &task) != nil {
+		return body
+	}
+	var state, payload, result string
+	if json.Unmarshal(task["state"], &state) != nil || state != "archived" ||
+		json.Unmarshal(task["result"], &result) != nil || result == "" {
+		return body
+	}
+	_ = json.Unmarshal(task["payload"], &payload)
+	asJSON := func(s string) any {
+		if json.Valid([]byte(s)) {
+			return json.RawMessage(s)
+		}
+		return s
+	}
+	view, err := json.MarshalIndent(map[string]any{"job": asJSON(payload), "failure_record": asJSON(result)}, "", "  ")
+	if err != nil {
+		return body
+	}
+	task["payload"], _ = json.Marshal(string(view))
+	out, err := json.Marshal(task)
+	if err != nil {
+		return body
+	}
+	return out
 }

@@ -67,7 +67,7 @@ func TestAsynqmonShowsLlmqJobsReadably(t *testing.T) {
 		waitState(t, env, id, map[string]asynq.TaskState{"dead": asynq.TaskStateArchived, "fine": asynq.TaskStateCompleted}[id])
 	}
 
-	mon := httptest.NewServer(newHandler(env.Opt, options{promptChars: 40}))
+	mon := httptest.NewServer(withFailureRecords(newHandler(env.Opt, options{promptChars: 40})))
 	defer mon.Close()
 	if err := probe(context.Background(), strings.TrimPrefix(mon.URL, "http://")); err != nil {
 		t.Errorf("probe of a healthy asynqmon: %v", err)
@@ -97,6 +97,19 @@ func TestAsynqmonShowsLlmqJobsReadably(t *testing.T) {
 			State   string `json:"state"`
 		}
 		getJSON(t, mon.URL+"/api/queues/"+env.Queue+"/tasks/"+id, &task)
+		if id == "dead" {
+			// asynqmon's page shows the result of completed tasks only:
+			// a dead letter's failure record is shown with its payload.
+			var view struct {
+				Job           json.RawMessage `json:"job"`
+				FailureRecord jobs.Result     `json:"failure_record"`
+			}
+			if err := json.Unmarshal([]byte(task.Payload), &view); err != nil || view.FailureRecord.Status != jobs.StatusFailed ||
+				view.FailureRecord.Error == nil || view.FailureRecord.Error.Status != 400 || view.FailureRecord.Attempts != 1 {
+				t.Fatalf("dead letter's payload view %s (%v): want the job and its failure record", task.Payload, err)
+			}
+			task.Payload = string(view.Job)
+		}
 		checkPayload(t, task.Payload, key)
 		var res jobs.Result
 		if err := json.Unmarshal([]byte(task.Result), &res); err != nil || res.JobID != id {
