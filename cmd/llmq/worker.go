@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/llmq/llmq/batchapi"
-	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/metrics"
 	"github.com/llmq/llmq/policy"
@@ -177,12 +176,11 @@ func (a *app) runWorker(cmd *cobra.Command) error {
 		EstimateMethod:   jobs.Method(a.cfg.Estimate.Method),
 		Log:              a.log,
 		Metrics:          m,
-		Breaker: breaker.Config{Failures: a.cfg.Breaker.Failures, Window: a.cfg.Breaker.Window, Open: a.cfg.Breaker.Open,
-			PerProcess: a.cfg.Breaker.PerProcess},
-		Fallbacks:      a.cfg.Fallbacks,
-		CacheTTL:       a.cfg.Cache.TTL,
-		StaticResponse: a.cfg.StaticResponse.Text,
-		StaticForAll:   a.cfg.StaticResponse.AllJobs,
+		Breaker:          breakerConfig(a.cfg.Breaker),
+		Fallbacks:        a.cfg.Fallbacks,
+		CacheTTL:         a.cfg.Cache.TTL,
+		StaticResponse:   a.cfg.StaticResponse.Text,
+		StaticForAll:     a.cfg.StaticResponse.AllJobs,
 	})
 	if err != nil {
 		return err
