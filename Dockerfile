@@ -12,7 +12,8 @@ ARG GO_VERSION=1.26
 FROM golang:${GO_VERSION}-bookworm AS deps
 WORKDIR /src
 COPY go.mod go.sum ./
-RUN --mount=type=cache,target=/go/pkg/mod go mod download
+COPY deploy/go.mod deploy/go.sum ./deploy/
+RUN --mount=type=cache,target=/go/pkg/mod go mod download && go -C deploy mod download
 COPY . .
 ENV CGO_ENABLED=0 GOOS=linux
 
@@ -22,9 +23,10 @@ ARG BUILD=unknown
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.build=${BUILD}" -o /out/llmq ./cmd/llmq
 
+# deploy/ is its own module (compose-go, asynqmon stay out of the library's).
 FROM deps AS build-asynqmon
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -trimpath -ldflags "-s -w" -o /out/llmq-asynqmon ./deploy/asynqmon
+    go -C deploy build -trimpath -ldflags "-s -w" -o /out/llmq-asynqmon ./asynqmon
 
 FROM gcr.io/distroless/static-debian12:nonroot AS asynqmon
 COPY --from=build-asynqmon /out/llmq-asynqmon /llmq-asynqmon

@@ -13,11 +13,14 @@ build:
 demo: build redis
 	bash scripts/demo.sh
 
-## test: every test, race detector on, against the real Redis
+## test: every test of both modules (the library, and deploy/'s tooling), race
+## detector on, against the real Redis
 test: redis
 	go vet ./...
+	cd deploy && go vet ./...
 	@test -z "$$(gofmt -l .)" || (echo "gofmt would change:"; gofmt -l .; exit 1)
 	go test -race -count=1 -timeout 12m ./...
+	cd deploy && go test -race -count=1 -timeout 5m ./...
 
 # llmq's Redis-touching tests against real topologies started from redis-server:
 # a 3-master + 3-replica cluster, then a Sentinel set (see cmd/redistopo).
@@ -28,6 +31,7 @@ test-redis-ha:
 
 lint:
 	go vet ./...
+	cd deploy && go vet ./...
 	@test -z "$$(gofmt -l .)" || (echo "gofmt would change:"; gofmt -l .; exit 1)
 
 ## redis: start a throwaway Redis on 127.0.0.1:6379 unless one answers

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,14 +55,31 @@ const (
 	Abandon Outcome = "abandon"
 )
 
-// Defaults of Config's zero values: DESIGN.md's breaker.
+// Defaults of Config's zero values: DESIGN.md's breaker, thresholds chosen
+// from measurements (see doc.go).
 const (
-	DefaultFailures   = 5
-	DefaultWindow     = 60 * time.Second
-	DefaultOpen       = 30 * time.Second
+	// DefaultFailures: 5 failures in a row open the breaker. A full outage
+	// opens it within 5 failed calls at any traffic; a 3 % failure rate
+	// makes 5 in a row about once in 400 million calls.
+	DefaultFailures = 5
+	// DefaultFailureRate: half of the window's calls failing opens it ...
+	DefaultFailureRate = 50
+	// DefaultMinCalls: ... once the window holds at least 20 calls.
+	DefaultMinCalls = 20
+	// DefaultWindow is the rolling window of the failure rate.
+	DefaultWindow = 60 * time.Second
+	// DefaultOpen is how long the breaker stays open before its probe.
+	DefaultOpen = 30 * time.Second
+	// DefaultProbeLease is how long the probe owns the half-open period.
 	DefaultProbeLease = 60 * time.Second
-	DefaultPrefix     = "llmq"
-	DefaultScope      = "default"
+	// DefaultPrefix namespaces the Redis keys.
+	DefaultPrefix = "llmq"
+	// DefaultScope names the upstream.
+	DefaultScope = "default"
+	// WindowBuckets is the number of buckets the rolling window is counted
+	// in (1 s each for a 60 s window): the window forgets 1/60 of its
+	// calls at a time, never all at once at a boundary.
+	WindowBuckets = 60
 )
 
 // Config configures a Breaker. Zero values take the documented defaults.
@@ -72,10 +90,21 @@ type Config struct {
 	// Scope names the upstream (account or endpoint) so that the same model
 	// name on two upstreams has two breakers (default "default").
 	Scope string
-	// Failures is the number of counted failures within Window that opens
-	// the breaker (default 5).
+	// Failures is the number of counted failures in a row (no success
+	// between them, fleet-wide) that opens the breaker (default 5): the
+	// rule that opens it within a few calls of an outage, whatever the
+	// traffic.
 	Failures int
-	// Window is the rolling window failures are counted in (default 60 s).
+	// FailureRate is the percentage of the calls in Window that, failing,
+	// opens the breaker (default 50), once Window holds at least MinCalls
+	// calls (default 20): failsafe-go's WithFailureRateThreshold(rate,
+	// minExecutions, period). It catches an upstream failing often but
+	// not in a row; background noise stays far below it.
+	FailureRate int
+	// MinCalls is the volume the failure rate needs (default 20).
+	MinCalls int
+	// Window is the rolling window of the failure rate (default 60 s),
+	// counted in WindowBuckets buckets.
 	Window time.Duration
 	// Open is how long the breaker stays open before its probe (default
 	// 30 s).
@@ -133,10 +162,16 @@ type Status struct {
 	OpenedAt time.Time
 	// ProbeUntil is the end of the probe's lease while a probe is in flight.
 	ProbeUntil time.Time
-	// Failures counts the failures in the rolling window (closed only).
-	Failures int64
+	// Streak counts the failures in a row (closed only).
+	Streak int64
+	// Calls and Failures count the calls allowed and the failures recorded
+	// in the rolling window (closed only).
+	Calls, Failures int64
 	// Trips counts how often it opened since its key was created.
 	Trips int64
+	// Reason says why it last opened: "consecutive" (Config.Failures in a
+	// row), "rate" (Config.FailureRate), "probe" (the probe failed).
+	Reason string
 }
 
 // Breaker is the per-model circuit breaker of one upstream, its state kept
@@ -151,10 +186,14 @@ type Status struct {
 // injectable clock), and counts the half-open probe in that state with no
 // lease, so a probe whose process dies leaves the breaker half-open for
 // good. The state machine here is two small Lua scripts (allow.lua,
-// record.lua): a sorted set of failure instants for the rolling window, a
-// hash with the state, the open interval's end and the probe's lease. Allow
-// is one round trip; Record is one round trip for failures and probes and
-// none for ordinary successes.
+// record.lua): a ring of buckets (calls, failures) for the rolling window,
+// a hash with the state, the failures in a row, the open interval's end
+// and the probe's lease.
+//
+// Cost on the job's path: Allow is one round trip, and counts the call in
+// the window (so the failure rate needs no record of successes). Record is
+// one round trip for failures and probes; a success costs one only when
+// this process last saw failures in a row to end, else none.
 type Breaker struct {
 	rdb    redis.UniversalClient
 	cfg    Config
@@ -162,7 +201,13 @@ type Breaker struct {
 	record *redis.Script
 	id     string // distinguishes this Breaker's probe tokens
 	seq    atomic.Uint64
-	scope  string // the key scope: Scope, plus id when PerProcess
+	scope  string        // the key scope: Scope, plus id when PerProcess
+	width  time.Duration // a window bucket
+	nb     int64         // buckets in the window
+	// streaks holds, per model, the failures in a row this process last
+	// saw (from Allow and Record replies): a success is sent to Redis only
+	// when there is a streak to end.
+	streaks sync.Map // model -> *atomic.Int64
 }
 
 // New returns a Breaker on rdb. It checks cfg, naming any invalid field; it
@@ -180,6 +225,12 @@ func New(rdb redis.UniversalClient, cfg Config) (*Breaker, error) {
 	if cfg.Failures == 0 {
 		cfg.Failures = DefaultFailures
 	}
+	if cfg.FailureRate == 0 {
+		cfg.FailureRate = DefaultFailureRate
+	}
+	if cfg.MinCalls == 0 {
+		cfg.MinCalls = DefaultMinCalls
+	}
 	if cfg.Window == 0 {
 		cfg.Window = DefaultWindow
 	}
@@ -195,6 +246,12 @@ func New(rdb redis.UniversalClient, cfg Config) (*Breaker, error) {
 	var errs []error
 	if cfg.Failures < 1 {
 		errs = append(errs, fmt.Errorf("breaker: failures is %d: set at least 1, or 0 for the default %d", cfg.Failures, DefaultFailures))
+	}
+	if cfg.FailureRate < 1 || cfg.FailureRate > 100 {
+		errs = append(errs, fmt.Errorf("breaker: failure_rate is %d: set a percentage from 1 to 100, or 0 for the default %d", cfg.FailureRate, DefaultFailureRate))
+	}
+	if cfg.MinCalls < 1 {
+		errs = append(errs, fmt.Errorf("breaker: min_calls is %d: set at least 1, or 0 for the default %d", cfg.MinCalls, DefaultMinCalls))
 	}
 	for _, f := range []struct {
 		name string
@@ -216,6 +273,8 @@ func New(rdb redis.UniversalClient, cfg Config) (*Breaker, error) {
 	}
 	br := &Breaker{rdb: rdb, cfg: cfg, allow: redis.NewScript(allowLua), record: redis.NewScript(recordLua),
 		id: hex.EncodeToString(b[:]), scope: cfg.Scope}
+	br.nb = min(WindowBuckets, cfg.Window.Milliseconds())
+	br.width = time.Duration((cfg.Window.Milliseconds()+br.nb-1)/br.nb) * time.Millisecond
 	if cfg.PerProcess {
 		br.scope = cfg.Scope + "@" + br.id
 	}
@@ -226,13 +285,25 @@ func New(rdb redis.UniversalClient, cfg Config) (*Breaker, error) {
 func (b *Breaker) Config() Config { return b.cfg }
 
 // Key returns the Redis key of model's state hash:
-// <prefix>:breaker:{<scope>:<model>}. The failure window is the same key
-// with ":failures" appended (same hash slot).
+// <prefix>:breaker:{<scope>:<model>}. The rolling window is the same key
+// with ":window" appended (same hash slot).
 func (b *Breaker) Key(model string) string {
 	return b.cfg.Prefix + ":breaker:{" + b.scope + ":" + model + "}"
 }
 
-func (b *Breaker) failuresKey(model string) string { return b.Key(model) + ":failures" }
+// windowSuffix names the window hash beside the state hash.
+const windowSuffix = ":window"
+
+func (b *Breaker) windowKey(model string) string { return b.Key(model) + windowSuffix }
+
+// streak returns this process's view of model's failures in a row.
+func (b *Breaker) streak(model string) *atomic.Int64 {
+	if v, ok := b.streaks.Load(model); ok {
+		return v.(*atomic.Int64)
+	}
+	v, _ := b.streaks.LoadOrStore(model, new(atomic.Int64))
+	return v.(*atomic.Int64)
+}
 
 // ttl is how long idle keys live: long enough that no state they hold can
 // still matter.
@@ -241,19 +312,20 @@ func (b *Breaker) ttl() int64 {
 }
 
 // Allow says whether a call to model may go upstream now. A closed breaker
-// allows every call; an open one none until its interval ends; then exactly
-// one caller of the fleet gets the probe (Permit.Probe) until its verdict is
-// recorded or its lease runs out. Every allowed call must be followed by
-// Record with the same Permit. One Redis round trip.
+// allows every call and counts it in the rolling window; an open one none
+// until its interval ends; then exactly one caller of the fleet gets the
+// probe (Permit.Probe) until its verdict is recorded or its lease runs out.
+// Every allowed call must be followed by Record with the same Permit. One
+// Redis round trip.
 func (b *Breaker) Allow(ctx context.Context, model string) (Permit, error) {
 	now := b.cfg.Now()
 	token := b.id + "-" + strconv.FormatUint(b.seq.Add(1), 10)
-	res, err := b.allow.Run(ctx, b.rdb, []string{b.Key(model)},
-		now.UnixMilli(), b.cfg.ProbeLease.Milliseconds(), token, b.ttl()).Slice()
+	res, err := b.allow.Run(ctx, b.rdb, []string{b.Key(model), b.windowKey(model)},
+		now.UnixMilli(), b.cfg.ProbeLease.Milliseconds(), token, b.ttl(), b.width.Milliseconds(), b.nb).Slice()
 	if err != nil {
 		return Permit{Model: model}, fmt.Errorf("breaker: allow %q: %w (Redis unreachable? the job should wait and try again)", model, err)
 	}
-	if len(res) != 5 {
+	if len(res) != 6 {
 		return Permit{Model: model}, fmt.Errorf("breaker: allow %q: unexpected script reply %v", model, res)
 	}
 	p := Permit{Model: model, Allowed: toInt(res[0]) == 1, Probe: toInt(res[1]) == 1, State: State(toString(res[2]))}
@@ -263,38 +335,51 @@ func (b *Breaker) Allow(ctx context.Context, model string) (Permit, error) {
 	if p.Probe {
 		p.token = token
 	}
+	if p.State == Closed {
+		b.streak(model).Store(toInt(res[5]))
+	}
 	if from := toString(res[4]); from != "" {
 		b.transition(model, State(from), p.State)
 	}
 	return p, nil
 }
 
-// Record reports the outcome of a call Allow permitted. A Failure in the
-// closed state is counted in the rolling window and may open the breaker;
-// the probe's Success closes it and its Failure reopens it for another
-// open interval; an Abandon gives the probe's lease back. Success of an
-// ordinary call costs no Redis round trip. Record of a refused permit is a
+// Record reports the outcome of a call Allow permitted. In the closed
+// state a Failure adds to the failures in a row and to the window's
+// failures, and opens the breaker when either threshold is reached
+// (Config.Failures in a row, or Config.FailureRate of at least
+// Config.MinCalls calls); a Success ends the failures in a row. The
+// probe's Success closes the breaker and its Failure reopens it for
+// another open interval; an Abandon gives the probe's lease back.
+//
+// A Success costs a Redis round trip only when this process last saw
+// failures in a row (from any Allow or Record of the model), else none;
+// an Abandon of an ordinary call none. Record of a refused permit is a
 // no-op.
 func (b *Breaker) Record(ctx context.Context, p Permit, o Outcome) error {
-	if !p.Allowed || (!p.Probe && o != Failure) {
-		return nil
-	}
 	switch o {
 	case Success, Failure, Abandon:
 	default:
 		return fmt.Errorf("breaker: record %q: unknown outcome %q: use Success, Failure or Abandon", p.Model, o)
 	}
+	if !p.Allowed {
+		return nil
+	}
+	streak := b.streak(p.Model)
+	if !p.Probe && (o == Abandon || (o == Success && streak.Load() == 0)) {
+		return nil
+	}
 	now := b.cfg.Now()
-	member := b.id + "-" + strconv.FormatUint(b.seq.Add(1), 10)
-	res, err := b.record.Run(ctx, b.rdb, []string{b.Key(p.Model), b.failuresKey(p.Model)},
-		now.UnixMilli(), string(o), p.token, b.cfg.Failures, b.cfg.Window.Milliseconds(),
-		b.cfg.Open.Milliseconds(), b.ttl(), member).Slice()
+	res, err := b.record.Run(ctx, b.rdb, []string{b.Key(p.Model), b.windowKey(p.Model)},
+		now.UnixMilli(), string(o), p.token, b.cfg.Failures, b.cfg.FailureRate, b.cfg.MinCalls,
+		b.cfg.Open.Milliseconds(), b.ttl(), b.width.Milliseconds(), b.nb).Slice()
 	if err != nil {
 		return fmt.Errorf("breaker: record %s for %q: %w", o, p.Model, err)
 	}
-	if len(res) != 3 {
+	if len(res) != 5 {
 		return fmt.Errorf("breaker: record %s for %q: unexpected script reply %v", o, p.Model, res)
 	}
+	streak.Store(toInt(res[2]))
 	if from, to := toString(res[0]), toString(res[1]); from != "" {
 		b.transition(p.Model, State(from), State(to))
 	}
@@ -316,12 +401,12 @@ func (b *Breaker) status(ctx context.Context, key, scope, model string) (Status,
 	now := b.cfg.Now()
 	pipe := b.rdb.Pipeline()
 	h := pipe.HGetAll(ctx, key)
-	n := pipe.ZCount(ctx, key+":failures", "("+strconv.FormatInt(now.Add(-b.cfg.Window).UnixMilli(), 10), "+inf")
+	win := pipe.HGetAll(ctx, key+windowSuffix)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return Status{}, fmt.Errorf("breaker: read state of %q: %w", model, err)
 	}
 	m := h.Val()
-	st := Status{Model: model, Scope: scope, Key: key, At: now, State: Closed, Trips: atoi(m["trips"])}
+	st := Status{Model: model, Scope: scope, Key: key, At: now, State: Closed, Trips: atoi(m["trips"]), Reason: m["reason"]}
 	if at := atoi(m["opened_at"]); at > 0 {
 		st.OpenedAt = time.UnixMilli(at)
 	}
@@ -337,9 +422,26 @@ func (b *Breaker) status(ctx context.Context, key, scope, model string) (Status,
 			st.ProbeUntil = lu
 		}
 	default:
-		st.Failures = n.Val()
+		st.Streak = atoi(m["streak"])
+		st.Calls, st.Failures = b.windowCounts(win.Val(), now)
 	}
 	return st, nil
+}
+
+// windowCounts sums the window hash's buckets that are still in the
+// window at now, as record.lua does.
+func (b *Breaker) windowCounts(ring map[string]string, now time.Time) (calls, failures int64) {
+	bucket := now.UnixMilli() / b.width.Milliseconds()
+	for i := range b.nb {
+		n := strconv.FormatInt(i, 10)
+		at, ok := ring["b"+n]
+		if !ok || atoi(at) <= bucket-b.nb {
+			continue
+		}
+		calls += atoi(ring["c"+n])
+		failures += atoi(ring["f"+n])
+	}
+	return max(calls, failures), failures
 }
 
 // List returns the status of every breaker of this Scope that has state in
@@ -358,7 +460,7 @@ func (b *Breaker) List(ctx context.Context) ([]Status, error) {
 		return nil, fmt.Errorf("breaker: list breakers under %q: %w", prefix, err)
 	}
 	for _, k := range keys {
-		key := strings.TrimSuffix(k, ":failures")
+		key := strings.TrimSuffix(k, windowSuffix)
 		if seen[key] || !strings.HasSuffix(key, "}") {
 			continue
 		}

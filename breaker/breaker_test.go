@@ -143,42 +143,84 @@ func TestTransitions(t *testing.T) {
 	}
 }
 
-// The window rolls: a failure leaves it exactly Window after it happened,
-// and failures on both sides of a minute boundary count together.
-func TestRollingWindow(t *testing.T) {
+// The failure rate is counted over a rolling window: calls leave it a
+// bucket (1 s) at a time, exactly Window after they were allowed, and the
+// rate opens the breaker only with MinCalls calls in the window.
+func TestRollingWindowFailureRate(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	// Failures in a row are kept apart by successes: only the rate can
+	// open it.
+	b := newBreaker(t, env, clk, func(c *breaker.Config) { c.Failures = 1000; c.MinCalls = 10 })
+	const m = "m"
+	ok := func() { record(t, b, allow(t, b, m), breaker.Success) }
+	// t = 0: 10 successes.
+	for range 10 {
+		ok()
+	}
+	// t = 30: 9 failures, each followed by a success: 28 calls, 9 failed.
+	clk.Advance(30 * time.Second)
+	for range 9 {
+		fail(t, b, m)
+		ok()
+	}
+	if st := status(t, b, m); st.State != breaker.Closed || st.Calls != 28 || st.Failures != 9 || st.Streak != 0 {
+		t.Fatalf("at t=30: %+v, want closed, 28 calls, 9 failures, none in a row", st)
+	}
+	// t = 59.999: the first bucket is still in the window.
+	clk.Advance(30*time.Second - time.Millisecond)
+	if st := status(t, b, m); st.Calls != 28 {
+		t.Fatalf("at t=59.999: %+v, want 28 calls in the window", st)
+	}
+	// t = 60: the 10 successes of t = 0 left; one more failure makes 10 of
+	// 19 calls: over 50 %.
+	clk.Advance(time.Millisecond)
+	if st := status(t, b, m); st.Calls != 18 || st.Failures != 9 {
+		t.Fatalf("at t=60: %+v, want 18 calls and 9 failures", st)
+	}
+	fail(t, b, m)
+	if st := status(t, b, m); st.State != breaker.Open || st.Reason != "rate" {
+		t.Fatalf("10 of 19 calls failed: %+v, want open for the rate", st)
+	}
+
+	// Below MinCalls the rate never opens it: 9 of 9 failed, apart.
+	b2 := newBreaker(t, env, clk, func(c *breaker.Config) { c.Failures = 1000; c.MinCalls = 10 })
+	for range 9 {
+		p := allow(t, b2, "m2")
+		record(t, b2, p, breaker.Failure)
+	}
+	if st := status(t, b2, "m2"); st.State != breaker.Closed || st.Calls != 9 {
+		t.Fatalf("9 calls, all failed, MinCalls 10: %+v, want closed", st)
+	}
+}
+
+// The consecutive rule covers low traffic, where the window never holds
+// MinCalls calls: 5 failures in a row open it however far apart; a success
+// between them starts the count again.
+func TestConsecutiveFailuresAtLowTraffic(t *testing.T) {
 	env := llmqtest.Redis(t)
 	clk := newClock()
 	b := newBreaker(t, env, clk, nil)
 	const m = "m"
-	// t = 0, 10, 20, 30: four failures.
-	for i := 0; i < 4; i++ {
-		fail(t, b, m)
-		clk.Advance(10 * time.Second)
+	// One call every 40 s: 4 failures, a success, 4 failures: closed.
+	for _, ok := range []bool{false, false, false, false, true, false, false, false, false} {
+		p := allow(t, b, m)
+		if !p.Allowed {
+			t.Fatalf("refused before the 5th failure in a row: %+v", p)
+		}
+		o := breaker.Failure
+		if ok {
+			o = breaker.Success
+		}
+		record(t, b, p, o)
+		clk.Advance(40 * time.Second)
 	}
-	// t = 60: the first failure (t = 0) has just left the window (0, 60].
-	clk.Advance(20 * time.Second)
+	if st := status(t, b, m); st.State != breaker.Closed || st.Streak != 4 {
+		t.Fatalf("4 failures, a success, 4 failures: %+v, want closed with 4 in a row", st)
+	}
 	fail(t, b, m)
-	if st := status(t, b, m); st.State != breaker.Closed || st.Failures != 4 {
-		t.Fatalf("at t=60 (failures at 10,20,30,60): %+v, want closed with 4", st)
-	}
-	// t = 65: five failures within the last 60 s (10..65).
-	clk.Advance(5 * time.Second)
-	fail(t, b, m)
-	if st := status(t, b, m); st.State != breaker.Open {
-		t.Fatalf("at t=65 (failures at 10,20,30,60,65): %+v, want open", st)
-	}
-
-	// Across a boundary that fixed one-minute buckets would reset at:
-	// failures at 50, 55, 59 s and 61, 65 s of a minute.
-	m2 := "m2"
-	clk2 := newClock()
-	b2 := newBreaker(t, env, clk2, nil)
-	for _, at := range []time.Duration{50, 5, 4, 2, 4} {
-		clk2.Advance(at * time.Second)
-		fail(t, b2, m2)
-	}
-	if st := status(t, b2, m2); st.State != breaker.Open {
-		t.Fatalf("5 failures within 15 s across a minute boundary: %+v, want open", st)
+	if st := status(t, b, m); st.State != breaker.Open || st.Reason != "consecutive" {
+		t.Fatalf("5th failure in a row, 40 s apart: %+v, want open", st)
 	}
 }
 
@@ -289,8 +331,18 @@ func TestPerProcessSharesNothing(t *testing.T) {
 		t.Fatalf("b2 with its own state: %+v, want closed", p)
 	}
 	list, err := b2.List(context.Background())
-	if err != nil || len(list) != 1 || list[0].Model != "m" || list[0].State != breaker.Open {
-		t.Fatalf("List = %+v, %v: want b1's open breaker of model m", list, err)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("List = %+v, %v: want both processes' breakers of model m", list, err)
+	}
+	states := map[breaker.State]int{}
+	for _, st := range list {
+		if st.Model != "m" {
+			t.Errorf("List: model %q, want m", st.Model)
+		}
+		states[st.State]++
+	}
+	if states[breaker.Open] != 1 || states[breaker.Closed] != 1 {
+		t.Fatalf("List = %+v: want b1's open and b2's closed breaker", list)
 	}
 }
 

@@ -1,59 +1,109 @@
 -- record.lua: the verdict of a call the breaker allowed.
 --
 -- KEYS[1]  state hash (see allow.lua)
--- KEYS[2]  sorted set of failure instants (score = ms) in the rolling window
+-- KEYS[2]  window hash (see allow.lua)
 -- ARGV[1]  now (ms)
 -- ARGV[2]  outcome: failure | success | abandon
 -- ARGV[3]  probe token ('' when the call was not the probe)
--- ARGV[4]  failures that open the breaker
--- ARGV[5]  window (ms)
--- ARGV[6]  open interval (ms)
--- ARGV[7]  key ttl (ms), garbage collection only
--- ARGV[8]  a member unique to this failure
+-- ARGV[4]  consecutive failures that open the breaker
+-- ARGV[5]  failure rate (percent) that opens it ...
+-- ARGV[6]  ... once the window holds at least this many calls
+-- ARGV[7]  open interval (ms)
+-- ARGV[8]  key ttl (ms), garbage collection only
+-- ARGV[9]  bucket width (ms)
+-- ARGV[10] buckets in the window
 --
--- Returns {from, to, failures}: the transition this call made ('' '' for
--- none) and the failures counted in the window.
+-- Returns {from, to, streak, calls, failures}: the transition this call
+-- made ('' '' for none), the consecutive failures, and the calls and
+-- failures in the window when a failure was counted.
 local now = tonumber(ARGV[1])
 local outcome = ARGV[2]
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'closed' then
-  if outcome ~= 'failure' then
-    return {'', '', 0}
-  end
-  -- Rolling window: failures in (now - window, now]. Older ones leave the
-  -- set one by one as time passes, never all at once at a bucket boundary.
-  redis.call('ZADD', KEYS[2], now, ARGV[8])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[5]))
-  local n = redis.call('ZCARD', KEYS[2])
-  if n >= tonumber(ARGV[4]) then
-    redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + tonumber(ARGV[6]), 'opened_at', now,
-      'lease_until', 0, 'lease_token', '')
-    redis.call('HINCRBY', KEYS[1], 'trips', 1)
-    redis.call('PEXPIRE', KEYS[1], ARGV[7])
-    return {'closed', 'open', n}
-  end
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-  return {'', '', n}
+
+local function trip(reason)
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + tonumber(ARGV[7]), 'opened_at', now,
+    'lease_until', 0, 'lease_token', '', 'streak', 0, 'reason', reason)
+  redis.call('HINCRBY', KEYS[1], 'trips', 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
 end
-if state == 'half_open' and ARGV[3] ~= '' and ARGV[3] == redis.call('HGET', KEYS[1], 'lease_token') then
+
+local h = redis.call('HMGET', KEYS[1], 'state', 'lease_token')
+local state = h[1]
+if not state or state == 'closed' then
+  if outcome == 'success' then
+    -- Sent only by a caller that saw a streak: the upstream answered, so
+    -- the failures in a row end here.
+    if state then
+      redis.call('HSET', KEYS[1], 'streak', 0)
+    end
+    return {'', '', 0, 0, 0}
+  end
+  if outcome ~= 'failure' then
+    return {'', '', 0, 0, 0}
+  end
+  local width, buckets = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local bucket = math.floor(now / width)
+  local slot = bucket % buckets
+  if tonumber(redis.call('HGET', KEYS[2], 'b' .. slot)) == bucket then
+    redis.call('HINCRBY', KEYS[2], 'f' .. slot, 1)
+  else
+    -- The call was counted in an earlier bucket when it was allowed.
+    redis.call('HSET', KEYS[2], 'b' .. slot, bucket, 'c' .. slot, 0, 'f' .. slot, 1)
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+  local streak = redis.call('HINCRBY', KEYS[1], 'streak', 1)
+  if not state then
+    redis.call('HSET', KEYS[1], 'state', 'closed')
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  -- The rolling window: the buckets of the last `buckets` widths.
+  local calls, failures = 0, 0
+  local ring = redis.call('HGETALL', KEYS[2])
+  local slots = {}
+  for i = 1, #ring, 2 do
+    local kind, n = string.sub(ring[i], 1, 1), string.sub(ring[i], 2)
+    slots[n] = slots[n] or {}
+    slots[n][kind] = tonumber(ring[i + 1])
+  end
+  for _, s in pairs(slots) do
+    if s.b and s.b > bucket - buckets then
+      calls = calls + (s.c or 0)
+      failures = failures + (s.f or 0)
+    end
+  end
+  -- A failure of a call allowed before the window began still counts.
+  if calls < failures then
+    calls = failures
+  end
+  if streak >= tonumber(ARGV[4]) then
+    trip('consecutive')
+    return {'closed', 'open', streak, calls, failures}
+  end
+  if calls >= tonumber(ARGV[6]) and failures * 100 >= tonumber(ARGV[5]) * calls then
+    trip('rate')
+    return {'closed', 'open', streak, calls, failures}
+  end
+  return {'', '', streak, calls, failures}
+end
+if state == 'half_open' and ARGV[3] ~= '' and ARGV[3] == h[2] then
   if outcome == 'success' then
     redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'state', 'closed', 'open_until', 0, 'lease_until', 0, 'lease_token', '', 'closed_at', now)
-    redis.call('PEXPIRE', KEYS[1], ARGV[7])
-    return {'half_open', 'closed', 0}
+    redis.call('HSET', KEYS[1], 'state', 'closed', 'open_until', 0, 'lease_until', 0, 'lease_token', '', 'streak', 0,
+      'closed_at', now)
+    redis.call('PEXPIRE', KEYS[1], ARGV[8])
+    return {'half_open', 'closed', 0, 0, 0}
   end
   if outcome == 'failure' then
-    redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + tonumber(ARGV[6]), 'opened_at', now,
-      'lease_until', 0, 'lease_token', '')
-    redis.call('PEXPIRE', KEYS[1], ARGV[7])
-    return {'half_open', 'open', 0}
+    redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + tonumber(ARGV[7]), 'opened_at', now,
+      'lease_until', 0, 'lease_token', '', 'reason', 'probe')
+    redis.call('PEXPIRE', KEYS[1], ARGV[8])
+    return {'half_open', 'open', 0, 0, 0}
   end
   -- abandon: the probe made no call after all (shutdown, budget wait);
   -- the next caller probes.
   redis.call('HSET', KEYS[1], 'lease_until', 0, 'lease_token', '')
-  return {'', '', 0}
+  return {'', '', 0, 0, 0}
 end
 -- Open, or half-open and not the probe: calls admitted before the breaker
 -- opened change nothing.
-return {'', '', 0}
+return {'', '', 0, 0, 0}

@@ -169,12 +169,16 @@ type Budget struct {
 }
 
 // Breaker configures the per-model circuit breaker, shared by the fleet in
-// Redis: Failures counted failures within the rolling Window open it for
+// Redis (breaker.Config): Failures failures in a row, or FailureRate
+// percent of at least MinCalls calls in the rolling Window, open it for
 // Open, then one probe closes or reopens it.
 type Breaker struct {
-	Failures int           `yaml:"failures"`
-	Window   time.Duration `yaml:"window"`
-	Open     time.Duration `yaml:"open"`
+	Failures int `yaml:"failures"`
+	// FailureRate is a percentage (1-100).
+	FailureRate int           `yaml:"failure_rate"`
+	MinCalls    int           `yaml:"min_calls"`
+	Window      time.Duration `yaml:"window"`
+	Open        time.Duration `yaml:"open"`
 	// PerProcess gives each worker process a breaker of its own instead of
 	// the fleet's shared one. Only for the outage drill's baseline
 	// (make bench-outage); never in production.
@@ -286,8 +290,9 @@ func Default() Config {
 		},
 		Retry: Retry{Attempts: policy.DefaultAttempts, Base: policy.DefaultBase, Cap: policy.DefaultCap,
 			RetryAfterCap: policy.DefaultRetryAfterCap},
-		Budgets:       map[string]Budget{DefaultBudget: {}},
-		Breaker:       Breaker{Failures: breaker.DefaultFailures, Window: breaker.DefaultWindow, Open: breaker.DefaultOpen},
+		Budgets: map[string]Budget{DefaultBudget: {}},
+		Breaker: Breaker{Failures: breaker.DefaultFailures, FailureRate: breaker.DefaultFailureRate, MinCalls: breaker.DefaultMinCalls,
+			Window: breaker.DefaultWindow, Open: breaker.DefaultOpen},
 		Results:       Results{TTL: DefaultResultTTL, Retention: DefaultRetention},
 		Estimate:      Estimate{DefaultMaxTokens: DefaultMaxTokens, Method: string(jobs.DefaultMethod)},
 		Log:           Log{Level: DefaultLogLevel, Environment: DefaultEnvironment},
@@ -465,6 +470,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Breaker.Failures < 1 {
 		bad("breaker.failures", "must be at least 1, got %d", c.Breaker.Failures)
+	}
+	if c.Breaker.FailureRate < 1 || c.Breaker.FailureRate > 100 {
+		bad("breaker.failure_rate", "must be a percentage from 1 to 100, got %d", c.Breaker.FailureRate)
+	}
+	if c.Breaker.MinCalls < 1 {
+		bad("breaker.min_calls", "must be at least 1, got %d", c.Breaker.MinCalls)
 	}
 	if c.Cache.TTL <= 0 {
 		bad("cache.ttl", "must be a positive duration such as 24h, got %v", c.Cache.TTL)

@@ -22,7 +22,7 @@ func TestDefaultsMatchDesign(t *testing.T) {
 	if c.Retry != (Retry{Attempts: 5, Base: time.Second, Cap: time.Minute, RetryAfterCap: 2 * time.Minute}) {
 		t.Errorf("retry = %+v", c.Retry)
 	}
-	if c.Breaker != (Breaker{Failures: 5, Window: time.Minute, Open: 30 * time.Second}) {
+	if c.Breaker != (Breaker{Failures: 5, FailureRate: 50, MinCalls: 20, Window: time.Minute, Open: 30 * time.Second}) {
 		t.Errorf("breaker = %+v", c.Breaker)
 	}
 	if c.RedisURL != "redis://127.0.0.1:6379/0" || c.Upstream.BaseURL != "https://api.openai.com/v1" {

@@ -22,7 +22,7 @@ func TestTierSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Breaker != (Breaker{Failures: 3, Window: 6 * time.Second, Open: 3 * time.Second, PerProcess: true}) ||
+	if c.Breaker != (Breaker{Failures: 3, FailureRate: 50, MinCalls: 20, Window: 6 * time.Second, Open: 3 * time.Second, PerProcess: true}) ||
 		strings.Join(c.Fallbacks["gpt-4o"], ",") != "gpt-4o-mini,gpt-4.1-mini" || c.Cache.TTL != 2*time.Hour ||
 		c.StaticResponse != (StaticResponse{Text: "busy", AllJobs: true}) {
 		t.Fatalf("loaded %+v %v %+v %+v", c.Breaker, c.Fallbacks, c.Cache, c.StaticResponse)

@@ -222,7 +222,7 @@ func TestDockerfile(t *testing.T) {
 	df := string(b)
 	for _, want := range []string{
 		"CGO_ENABLED=0", "AS llmq", "AS asynqmon", "gcr.io/distroless/static", "USER nonroot",
-		"./cmd/llmq", "./deploy/asynqmon", "-X main.version=", "ENTRYPOINT [\"/llmq\"]",
+		"./cmd/llmq", "go -C deploy build", "./asynqmon", "COPY deploy/go.mod", "-X main.version=", "ENTRYPOINT [\"/llmq\"]",
 	} {
 		if !strings.Contains(df, want) {
 			t.Errorf("Dockerfile lacks %q", want)

@@ -5,4 +5,9 @@
 // (prometheus/, unit-tested with promtool), the Grafana dashboard and its
 // provisioning (grafana/), and an asynqmon build that shows llmq jobs
 // readably (asynqmon/). The runbook is README.md, "Operations".
+//
+// deploy is a Go module of its own (github.com/llmq/llmq/deploy, built
+// against the llmq beside it by a replace directive), so a service that
+// imports llmq's producer inherits none of compose-go or asynqmon. Its
+// tests run from here: cd deploy && go test ./... (make test does).
 package deploy

@@ -63,7 +63,10 @@ func Chaos(ctx context.Context, o Options) (*Report, error) {
 		}
 		opened += opens + reopens
 	}
-	rep.note("the breaker (5 failures in 60 s, open scaled to 2 s) opened or reopened %d times; with production's 30 s open that is %.0f s of stalls: it counts failures, not a failure rate", opened, float64(opened)*30)
+	bc := e.fleet.Settings().Breaker
+	rep.note("the breaker (%d in a row, or %d %% of >= %d calls in %s; open scaled to %s) opened or reopened %d times",
+		bc.Failures, bc.FailureRate, bc.MinCalls, bc.Window, bc.Open, opened)
+	rep.check(opened == 0, "background faults opened the breaker %d times: it must open on outages, not on noise", opened)
 	st := e.fake.Stats()
 	rep.note("upstream: %d requests for %d jobs; faults %s; answers %s; drained %.1f s after the last burst",
 		st.Requests, n, counts(st.ByFault), counts(st.ByStatus), took.Seconds())

@@ -88,7 +88,7 @@ type Client struct {
 // New returns a Client for cfg, or an error naming the bad field.
 func New(cfg Config) (*Client, error) {
 	if cfg.Key == nil {
-		return nil, fmt.Errorf("upstream: Config.Key is required: pass StaticKey(os.Getenv(\"OPENAI_API_KEY\")) or FileKey(path)")
+		return nil, errors.New("upstream: Config.Key is required: pass StaticKey(key) or FileKey(path)")
 	}
 	if cfg.BaseURL == "" {
 		cfg.BaseURL = DefaultBaseURL

@@ -74,8 +74,7 @@ func redacted(kind, fp string) string {
 	return kind + "(sha256:" + fp + ")"
 }
 
-// StaticKey returns a KeySource holding key, as read from OPENAI_API_KEY by
-// the configuration. Refresh never changes it.
+// StaticKey returns a KeySource holding key. Refresh never changes it.
 func StaticKey(key string) KeySource {
 	return &staticKey{key: newSecret(key)}
 }
@@ -84,7 +83,7 @@ type staticKey struct{ key secret }
 
 func (k *staticKey) Key() (string, error) {
 	key := k.key.value()
-	if err := checkKey(key, "the API key (env OPENAI_API_KEY)", "set OPENAI_API_KEY or LLMQ_API_KEY_FILE to a valid key"); err != nil {
+	if err := checkKey(key, "the static API key", "pass a valid key"); err != nil {
 		return "", err
 	}
 	return key, nil
@@ -127,14 +126,14 @@ type fileKey struct {
 	size    int64
 }
 
-func (k *fileKey) source() string { return "the API key file " + k.path + " (LLMQ_API_KEY_FILE)" }
+func (k *fileKey) source() string { return "the API key file " + k.path }
 
 func (k *fileKey) Key() (string, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	fi, err := os.Stat(k.path)
 	if err != nil {
-		return "", fmt.Errorf("%w: stat %s: %w: create the file or fix LLMQ_API_KEY_FILE", ErrKey, k.source(), err)
+		return "", fmt.Errorf("%w: stat %s: %w", ErrKey, k.source(), err)
 	}
 	if k.loaded && fi.ModTime().Equal(k.modTime) && fi.Size() == k.size {
 		if err := checkKey(k.key.value(), k.source(), "write the key into the file"); err != nil {
@@ -152,7 +151,7 @@ func (k *fileKey) Key() (string, error) {
 func (k *fileKey) readLocked() (bool, error) {
 	f, err := os.Open(k.path)
 	if err != nil {
-		return false, fmt.Errorf("%w: open %s: %w: create the file or fix LLMQ_API_KEY_FILE", ErrKey, k.source(), err)
+		return false, fmt.Errorf("%w: open %s: %w", ErrKey, k.source(), err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()

@@ -9,13 +9,21 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/llmq/llmq/breaker"
+	"github.com/llmq/llmq/config"
 )
+
+// breakerConfig is the breaker configuration of the settings.
+func breakerConfig(c config.Breaker) breaker.Config {
+	return breaker.Config{Failures: c.Failures, FailureRate: c.FailureRate, MinCalls: c.MinCalls, Window: c.Window, Open: c.Open,
+		PerProcess: c.PerProcess}
+}
 
 // printBreakers writes the state of every model's circuit breaker that has
 // state in Redis (a model that has not failed recently has none: closed).
 func (a *app) printBreakers(ctx context.Context, rdb redis.UniversalClient) error {
-	b, err := breaker.New(rdb, breaker.Config{Prefix: a.cfg.Prefix, Scope: a.cfg.Upstream.Account, Failures: a.cfg.Breaker.Failures,
-		Window: a.cfg.Breaker.Window, Open: a.cfg.Breaker.Open, PerProcess: a.cfg.Breaker.PerProcess})
+	bc := breakerConfig(a.cfg.Breaker)
+	bc.Prefix, bc.Scope = a.cfg.Prefix, a.cfg.Upstream.Account
+	b, err := breaker.New(rdb, bc)
 	if err != nil {
 		return err
 	}
@@ -29,11 +37,15 @@ func (a *app) printBreakers(ctx context.Context, rdb redis.UniversalClient) erro
 		return nil
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "BREAKER\tSTATE\tFAILURES/%s\tOPEN UNTIL\tPROBE\tTRIPS\n", a.cfg.Breaker.Window)
+	fmt.Fprintf(tw, "BREAKER\tSTATE\tIN A ROW\tFAILED/CALLS %s\tOPEN UNTIL\tPROBE\tTRIPS\tLAST OPENED BY\n", a.cfg.Breaker.Window)
 	for _, st := range list {
-		failures, until, probe := "-", "-", "-"
+		streak, rate, until, probe, reason := "-", "-", "-", "-", "-"
 		if st.State == breaker.Closed {
-			failures = fmt.Sprintf("%d of %d", st.Failures, a.cfg.Breaker.Failures)
+			streak = fmt.Sprintf("%d of %d", st.Streak, a.cfg.Breaker.Failures)
+			rate = fmt.Sprintf("%d/%d (opens at %d%% of >= %d)", st.Failures, st.Calls, a.cfg.Breaker.FailureRate, a.cfg.Breaker.MinCalls)
+		}
+		if st.Reason != "" {
+			reason = st.Reason
 		}
 		if st.State == breaker.Open {
 			until = fmt.Sprintf("%s (in %s)", st.OpenUntil.UTC().Format(time.RFC3339), st.OpenUntil.Sub(st.At).Round(time.Second))
@@ -48,7 +60,7 @@ func (a *app) printBreakers(ctx context.Context, rdb redis.UniversalClient) erro
 		if a.cfg.Breaker.PerProcess {
 			name = st.Scope + "/" + st.Model
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", name, st.State, failures, until, probe, st.Trips)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", name, st.State, streak, rate, until, probe, st.Trips, reason)
 	}
 	return tw.Flush()
 }

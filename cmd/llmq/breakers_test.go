@@ -42,7 +42,7 @@ func TestStatusShowsBreakers(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: %d %s", code, errOut)
 	}
-	for _, re := range []string{`(?m)^gpt-4o\s+open\s+-\s+\S+Z \(in (10m0s|9m5\ds)\)`, `(?m)^gpt-4o-mini\s+closed\s+1 of 3\s`} {
+	for _, re := range []string{`(?m)^gpt-4o\s+open\s+-\s+-\s+\S+Z \(in (10m0s|9m5\ds)\)`, `(?m)^gpt-4o-mini\s+closed\s+1 of 3\s`} {
 		if !regexp.MustCompile(re).MatchString(out) {
 			t.Errorf("status output does not match %s:\n%s", re, out)
 		}

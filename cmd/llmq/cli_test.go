@@ -99,7 +99,7 @@ func TestConfigPrintsEffectiveSettingsWithoutKey(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("config: %d %s", code, errOut)
 	}
-	for _, want := range []string{"connect_timeout: 5s", "base: 20ms", "api key: from OPENAI_API_KEY"} {
+	for _, want := range []string{"connect_timeout: 5s", "base: 20ms", "api key: from OPENAI_API_KEY", "failure_rate: 50", "min_calls: 20"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("config output lacks %q", want)
 		}

@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/llmq/llmq/batchapi"
-	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/metrics"
 	"github.com/llmq/llmq/policy"
@@ -110,7 +109,10 @@ func (a *app) keySource() (upstream.KeySource, error) {
 		ks = upstream.StaticKey(a.cfg.Upstream.APIKey)
 	}
 	if _, err := ks.Key(); err != nil {
-		return nil, err
+		if a.cfg.Upstream.APIKeyFile != "" {
+			return nil, fmt.Errorf("%w (LLMQ_API_KEY_FILE: create the file or fix the path)", err)
+		}
+		return nil, fmt.Errorf("%w (set OPENAI_API_KEY or LLMQ_API_KEY_FILE)", err)
 	}
 	return ks, nil
 }
@@ -170,12 +172,11 @@ func (a *app) runWorker(cmd *cobra.Command) error {
 		EstimateMethod:   jobs.Method(a.cfg.Estimate.Method),
 		Log:              a.log,
 		Metrics:          m,
-		Breaker: breaker.Config{Failures: a.cfg.Breaker.Failures, Window: a.cfg.Breaker.Window, Open: a.cfg.Breaker.Open,
-			PerProcess: a.cfg.Breaker.PerProcess},
-		Fallbacks:      a.cfg.Fallbacks,
-		CacheTTL:       a.cfg.Cache.TTL,
-		StaticResponse: a.cfg.StaticResponse.Text,
-		StaticForAll:   a.cfg.StaticResponse.AllJobs,
+		Breaker:          breakerConfig(a.cfg.Breaker),
+		Fallbacks:        a.cfg.Fallbacks,
+		CacheTTL:         a.cfg.Cache.TTL,
+		StaticResponse:   a.cfg.StaticResponse.Text,
+		StaticForAll:     a.cfg.StaticResponse.AllJobs,
 	})
 	if err != nil {
 		return err
