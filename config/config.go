@@ -125,6 +125,16 @@ type Upstream struct {
 	Account               string        `yaml:"account"`
 	ConnectTimeout        time.Duration `yaml:"connect_timeout"`
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	// FirstByteTimeout bounds, for a streamed call, the wait for the
+	// headers and then the first event.
+	FirstByteTimeout time.Duration `yaml:"first_byte_timeout"`
+	// IdleTimeout bounds the silence between two events of a stream.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// Stream makes upstream calls stream and assembles the answer (default
+	// true); false for a provider without streaming.
+	Stream bool `yaml:"stream"`
+	// NoStreamModels lists models called without streaming.
+	NoStreamModels []string `yaml:"no_stream_models,omitempty"`
 	// CallTimeout bounds one upstream call, body included.
 	CallTimeout time.Duration `yaml:"call_timeout"`
 	// AzureAPIVersion, when set, switches to Azure OpenAI: deployment URLs
@@ -278,6 +288,9 @@ func Default() Config {
 			Account:               ratelimit.DefaultAccount,
 			ConnectTimeout:        upstream.DefaultConnectTimeout,
 			ResponseHeaderTimeout: upstream.DefaultResponseHeaderTimeout,
+			FirstByteTimeout:      upstream.DefaultFirstByteTimeout,
+			IdleTimeout:           upstream.DefaultIdleTimeout,
+			Stream:                true,
 			CallTimeout:           DefaultCallTimeout,
 		},
 		Worker: Worker{
@@ -455,6 +468,7 @@ func (c *Config) Validate() error {
 	}
 	for field, d := range map[string]time.Duration{
 		"upstream.connect_timeout": c.Upstream.ConnectTimeout, "upstream.response_header_timeout": c.Upstream.ResponseHeaderTimeout,
+		"upstream.first_byte_timeout": c.Upstream.FirstByteTimeout, "upstream.idle_timeout": c.Upstream.IdleTimeout,
 		"upstream.call_timeout": c.Upstream.CallTimeout, "retry.base": c.Retry.Base, "retry.cap": c.Retry.Cap,
 		"retry.retry_after_cap": c.Retry.RetryAfterCap, "worker.shutdown_timeout": c.Worker.ShutdownTimeout,
 		"worker.poll_interval": c.Worker.PollInterval, "worker.hold_recheck": c.Worker.HoldRecheck,

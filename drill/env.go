@@ -209,6 +209,7 @@ func (e *env) settings() config.Config {
 	c.Worker.Concurrency = e.s.concurrency
 	c.Worker.ShutdownTimeout = e.s.shutdown
 	c.Upstream.ConnectTimeout, c.Upstream.ResponseHeaderTimeout, c.Upstream.CallTimeout = time.Second, e.s.headerTimeout, 30*time.Second
+	c.Upstream.FirstByteTimeout = e.s.headerTimeout // calls stream: the same wait for the first byte
 	c.Retry.Base, c.Retry.Cap, c.Retry.RetryAfterCap = e.s.retryBase, e.s.retryCap, 5*time.Second
 	// The breaker keeps its production thresholds but opens for 2 s
 	// instead of 30 s: time scaled like the retry delays.

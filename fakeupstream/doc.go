@@ -12,6 +12,19 @@
 // headers on every answer, and rejects over-budget requests with OpenAI's
 // 429 bodies and retry-after / retry-after-ms headers.
 //
+// A request with "stream": true is answered the way OpenAI streams
+// (text/event-stream): a chunk per choice per step, n > 1 interleaved, the
+// role delta first, then content (or refusal, or tool-call deltas: index,
+// id, type and function name, then argument fragments), each with its
+// logprobs when asked, a finish_reason chunk, with
+// stream_options.include_usage a last chunk with "choices": [] and the
+// usage, then "data: [DONE]". Both modes are written from one generated
+// answer, so an assembled stream must equal the plain body (Config.StableIDs
+// gives both the same id). A generation time (Config.GenerationTime,
+// TokensPerSecond, or the fault generate:D) spreads a stream's chunks over
+// it, while a plain answer sends its headers only once it is over, as
+// OpenAI does.
+//
 // Faults are injected from a SPEC (see [ParseFaults]): a sequence such as
 // "503x3,200" consumed one element per request, or a random mix such as
 // "random:500=5%,reset=2%". A SPEC can be the server default, scoped to one
@@ -28,4 +41,12 @@
 //
 // Control endpoints: GET /_fake/stats, POST /_fake/reset, POST /_fake/faults
 // (body = SPEC, optional ?model=), GET /_fake/faults, GET /healthz.
+//
+// What it does not model: real text (answers echo the prompt; usage is
+// deterministic, not a tokenizer's count of the answer), prompt processing
+// time before the first token (use Latency), audio, annotations, web
+// search and the Responses API, the "obfuscation" padding of real stream
+// chunks, keep-alive comments, HTTP/2, per-project limits and the daily
+// limits, the rate limiter's own quantisation beyond the configured bursts,
+// and how a real stream behaves when its client reads slowly.
 package fakeupstream

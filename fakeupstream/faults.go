@@ -61,6 +61,29 @@ const (
 	FaultOverloaded FaultKind = "overloaded"
 	// FaultAzure429 answers 429 with Azure OpenAI's body and Retry-After: 2.
 	FaultAzure429 FaultKind = "azure429"
+	// FaultStall sends half the answer, then nothing more, holding the
+	// connection open until the client goes away: a stream goes silent
+	// mid-answer (a plain answer stops mid-body).
+	FaultStall FaultKind = "stall"
+	// FaultCut sends half the answer, then closes the connection: a stream
+	// ends before its [DONE] (a plain answer is truncated).
+	FaultCut FaultKind = "cut"
+	// FaultStreamError streams half the answer, then an error event naming
+	// Fault.Status (default 500: OpenAI's server_error, code null; another
+	// status is written with it as a numeric code, as vLLM does), and ends
+	// the stream. A plain answer is that status's error answer.
+	FaultStreamError FaultKind = "streamerror"
+	// FaultRefusal answers with a refusal (message.refusal set, content
+	// null) instead of the echo.
+	FaultRefusal FaultKind = "refusal"
+	// FaultExtras adds fields no client type knows at every level of the
+	// answer: x_fake_trace (top level and every chunk),
+	// content_filter_results (choice) and reasoning_content (message,
+	// streamed in fragments).
+	FaultExtras FaultKind = "extras"
+	// FaultGenerate makes the answer take Fault.Delay to generate (see
+	// Config.GenerationTime).
+	FaultGenerate FaultKind = "generate"
 	// FaultEchoKey answers 200 normally but echoes the request's API key
 	// the way a careless proxy might: in x-request-id ("req_<key>") and,
 	// JSON-escaped (\u0073\u006b…), in the message content.
@@ -71,16 +94,17 @@ const (
 // takes a ":duration" argument (required for latency).
 func namedFault(kind FaultKind) (ok, takesArg bool) {
 	switch kind {
-	case FaultSlow, FaultLatency, FaultRateLimit:
+	case FaultSlow, FaultLatency, FaultRateLimit, FaultGenerate:
 		return true, true
 	case FaultHang, FaultReset, FaultMalformed, FaultTruncated, FaultQuota, FaultContext,
-		FaultNotFound, FaultPolicy, FaultRegion, FaultOverloaded, FaultAzure429, FaultEchoKey:
+		FaultNotFound, FaultPolicy, FaultRegion, FaultOverloaded, FaultAzure429, FaultEchoKey,
+		FaultStall, FaultCut, FaultRefusal, FaultExtras, FaultStreamError:
 		return true, false
 	}
 	return false, false
 }
 
-const faultNames = "hang, reset, malformed, truncated, slow[:D], latency:D, quota, ratelimit[:D], context, notfound, policy, region, overloaded, azure429, echokey"
+const faultNames = "hang, reset, malformed, truncated, slow[:D], latency:D, quota, ratelimit[:D], context, notfound, policy, region, overloaded, azure429, echokey, stall, cut, streamerror[:STATUS], refusal, extras, generate:D"
 
 // Fault is one injected behaviour. The zero Fault is a normal answer.
 type Fault struct {
@@ -100,6 +124,8 @@ func (f Fault) String() string {
 		return "200"
 	case f.Kind == FaultStatus:
 		return strconv.Itoa(f.Status)
+	case f.Kind == FaultStreamError && f.Status != 0:
+		return string(f.Kind) + ":" + strconv.Itoa(f.Status)
 	case f.Delay > 0:
 		return string(f.Kind) + ":" + f.Delay.String()
 	}
@@ -124,7 +150,8 @@ func (f Fault) name() string {
 // limiter and are charged like a normal request.
 func (f Fault) isError() bool {
 	switch f.Kind {
-	case "", FaultLatency, FaultSlow, FaultMalformed, FaultTruncated, FaultEchoKey:
+	case "", FaultLatency, FaultSlow, FaultMalformed, FaultTruncated, FaultEchoKey,
+		FaultStall, FaultCut, FaultStreamError, FaultRefusal, FaultExtras, FaultGenerate:
 		return false
 	}
 	return true
@@ -186,7 +213,7 @@ func (p FaultPlan) String() string {
 // (200 = normal, 400-599 = that status with OpenAI's real body) or a named
 // fault: hang, reset, malformed, truncated, slow[:D], latency:D, quota,
 // ratelimit[:D], context, notfound, policy, region, overloaded, azure429,
-// echokey. A
+// echokey, stall, cut, streamerror[:STATUS], refusal, extras, generate:D. A
 // suffix xN repeats it: "503x3,200" is three 503s then a 200.
 //
 // "random:" followed by name=P entries draws every request forever:
@@ -295,6 +322,14 @@ func parseFault(el string, pos int) (Fault, error) {
 		return Fault{}, specErrorf("unknown fault %q (element %d): want a status code (200, 400-599) or one of %s", el, pos, faultNames)
 	}
 	f := Fault{Kind: kind}
+	if kind == FaultStreamError && hasArg {
+		code, err := strconv.Atoi(arg)
+		if err != nil || code < 400 || code > 599 {
+			return Fault{}, specErrorf("element %d %q: streamerror takes a status 400-599, e.g. streamerror:429", pos, el)
+		}
+		f.Status = code
+		return f, nil
+	}
 	switch {
 	case hasArg && !takesArg:
 		return Fault{}, specErrorf("element %d %q: %s takes no argument", pos, el, name)
@@ -304,8 +339,8 @@ func parseFault(el string, pos int) (Fault, error) {
 			return Fault{}, specErrorf("element %d %q: argument must be a positive duration such as 1200ms", pos, el)
 		}
 		f.Delay = d
-	case kind == FaultLatency:
-		return Fault{}, specErrorf("element %d %q: latency needs a duration, e.g. latency:200ms", pos, el)
+	case kind == FaultLatency, kind == FaultGenerate:
+		return Fault{}, specErrorf("element %d %q: %s needs a duration, e.g. %s:200ms", pos, el, name, name)
 	}
 	return f, nil
 }

@@ -240,6 +240,8 @@ type completion struct {
 	Usage             usage    `json:"usage"`
 	ServiceTier       string   `json:"service_tier"`
 	SystemFingerprint string   `json:"system_fingerprint"`
+	// Trace is an extra field (fault "extras").
+	Trace string `json:"x_fake_trace,omitempty"`
 }
 
 type choice struct {
@@ -247,12 +249,19 @@ type choice struct {
 	Message      message         `json:"message"`
 	Logprobs     json.RawMessage `json:"logprobs"`
 	FinishReason string          `json:"finish_reason"`
+	// ContentFilterResults is an extra field (fault "extras"), as Azure
+	// sends it.
+	ContentFilterResults json.RawMessage `json:"content_filter_results,omitempty"`
 }
 
 type message struct {
-	Role    string  `json:"role"`
-	Content string  `json:"content"`
-	Refusal *string `json:"refusal"`
+	Role      string     `json:"role"`
+	Content   *string    `json:"content"`
+	Refusal   *string    `json:"refusal"`
+	ToolCalls []toolCall `json:"tool_calls,omitempty"`
+	// ReasoningContent is an extra field (fault "extras"), as DeepSeek and
+	// vLLM send it.
+	ReasoningContent string `json:"reasoning_content,omitempty"`
 }
 
 type usage struct {

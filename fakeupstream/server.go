@@ -65,6 +65,19 @@ type Config struct {
 	Now func() time.Time
 	// Seed seeds the random fault mode.
 	Seed int64
+	// GenerationTime is how long every answer takes to generate (0: none).
+	// A streamed answer sends its headers and role at once and its
+	// fragments spread over it; a plain answer sends its headers only when
+	// it is over, as OpenAI does. The fault generate:D overrides it.
+	GenerationTime time.Duration
+	// TokensPerSecond, when GenerationTime is 0, makes an answer take its
+	// completion tokens (of one choice) at this rate (0: instant).
+	TokensPerSecond float64
+	// StableIDs makes a completion's id a hash of the request body without
+	// its stream fields, so the same request answered streaming and not
+	// has the same id (for tests comparing the two); by default ids count
+	// up.
+	StableIDs bool
 }
 
 // Server is a fake OpenAI chat-completions upstream. Its methods are safe
@@ -117,6 +130,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Latency < 0 {
 		return nil, fmt.Errorf("latency: must be 0 or more, got %s", cfg.Latency)
+	}
+	if cfg.GenerationTime < 0 || cfg.TokensPerSecond < 0 {
+		return nil, fmt.Errorf("generation: time and tokens per second must be 0 or more, got %s and %g", cfg.GenerationTime, cfg.TokensPerSecond)
 	}
 	plan, err := ParseFaults(cfg.Faults)
 	if err != nil {
@@ -273,7 +289,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 		answer(s.statusReply(http.StatusRequestEntityTooLarge, ""), s.lim.peek(arrived), 0)
 		return
 	}
-	req, bad := decodeRequest(body, deployment)
+	req, opts, bad := decodeRequest(body, deployment)
 	if bad != nil {
 		answer(*bad, s.lim.peek(arrived), 0)
 		return
@@ -331,37 +347,38 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 		return
 	}
 
-	perChoice := completionTokensPerChoice(req, req.CompletionLimit(s.cfg.DefaultCompletion))
-	comp := completion{
-		ID:                fmt.Sprintf("chatcmpl-fake%019d", n),
-		Object:            "chat.completion",
-		Created:           arrived.Unix(),
-		Model:             req.Model,
-		ServiceTier:       "default",
-		SystemFingerprint: "fp_fake",
-		Usage: usage{
-			PromptTokens:     cost.PromptTokens,
-			CompletionTokens: perChoice * req.Choices(),
-			TotalTokens:      cost.PromptTokens + perChoice*req.Choices(),
-		},
+	id := fmt.Sprintf("chatcmpl-fake%019d", n)
+	if s.cfg.StableIDs {
+		id = stableID(body)
 	}
-	for i := range req.Choices() {
-		comp.Choices = append(comp.Choices, choice{Index: i, Message: message{Role: "assistant", Content: echo(req)}, Logprobs: json.RawMessage("null"), FinishReason: "stop"})
+	ans := s.buildAnswer(req, opts, fault, id, arrived.Unix(), cost.PromptTokens)
+	gen := s.generationTime(fault, ans.tokens)
+	rep := reply{status: http.StatusOK, contentType: "application/json", body: ans.body()}.with("openai-model", req.Model)
+
+	if opts.Stream && fault.Kind != FaultMalformed && fault.Kind != FaultTruncated && fault.Kind != FaultSlow && fault.Kind != FaultEchoKey {
+		if !sleep(ctx, s.cfg.Latency+extra) {
+			return
+		}
+		v.state.setHeaders(h)
+		h.Set("openai-model", req.Model)
+		h.Set("openai-processing-ms", strconv.FormatInt(s.now().Sub(arrived).Milliseconds(), 10))
+		if s.writeStream(ctx, rec, ans, opts, fault, gen) {
+			s.served(ans.comp.Usage)
+		}
+		return
 	}
-	b, _ := json.Marshal(comp)
-	rep := reply{status: http.StatusOK, contentType: "application/json", body: b}.with("openai-model", req.Model)
 
 	switch fault.Kind {
 	case FaultEchoKey:
 		answer(echoKey(rep, requestKey(r)), v.state, extra)
 		if rec.Status == http.StatusOK {
-			s.served(comp.Usage)
+			s.served(ans.comp.Usage)
 		}
 	case FaultMalformed:
 		rep.body = []byte(`{"id":"chatcmpl-x","choices":[`)
 		answer(rep, v.state, extra)
-	case FaultTruncated:
-		if !sleep(ctx, s.cfg.Latency+extra) {
+	case FaultTruncated, FaultCut:
+		if !sleep(ctx, s.cfg.Latency+extra+gen) {
 			return
 		}
 		v.state.setHeaders(h)
@@ -369,18 +386,32 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 		_, _ = rec.Write(rep.body[:len(rep.body)/2])
 		_ = http.NewResponseController(rec).Flush()
 		hijackClose(rec, false)
+	case FaultStall:
+		if !sleep(ctx, s.cfg.Latency+extra+gen) {
+			return
+		}
+		v.state.setHeaders(h)
+		s.writeStalled(ctx, rec, rep)
+	case FaultStreamError:
+		st := fault.Status
+		if st == 0 {
+			st = http.StatusInternalServerError
+		}
+		answer(s.statusReply(st, req.Model), v.state, extra+gen)
 	case FaultSlow:
 		if !sleep(ctx, s.cfg.Latency+extra) {
 			return
 		}
 		v.state.setHeaders(h)
 		if s.writeSlowly(ctx, rec, rep, s.slowDuration(fault)) {
-			s.served(comp.Usage)
+			s.served(ans.comp.Usage)
 		}
 	default:
-		answer(rep, v.state, extra)
+		// Like OpenAI, a plain answer's headers leave only once the whole
+		// answer is generated.
+		answer(rep, v.state, extra+gen)
 		if rec.Status == http.StatusOK {
-			s.served(comp.Usage)
+			s.served(ans.comp.Usage)
 		}
 	}
 }
@@ -452,11 +483,28 @@ func (s *Server) auth(r *http.Request, azure bool) *reply {
 
 // decodeRequest validates body like OpenAI does and decodes it. On the
 // Azure route the deployment names the model when the body does not.
-func decodeRequest(body []byte, deployment string) (*jobs.Request, *reply) {
+func decodeRequest(body []byte, deployment string) (*jobs.Request, wireOptions, *reply) {
+	var opts wireOptions
+	req, bad := decodeJob(body, deployment, &opts)
+	return req, opts, bad
+}
+
+// decodeJob is decodeRequest; it fills opts from the stream, tools and
+// logprobs fields.
+func decodeJob(body []byte, deployment string, opts *wireOptions) (*jobs.Request, *reply) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil || top == nil {
 		rep := invalidRequest(unparsableMessage, "", "")
 		return nil, &rep
+	}
+	if rep := streamOptions(top, opts); rep != nil {
+		return nil, rep
+	}
+	if _, ok := top["stream"]; ok {
+		// llmq's job validation refuses stream; the API accepts it.
+		delete(top, "stream")
+		delete(top, "stream_options")
+		body, _ = json.Marshal(top)
 	}
 	if deployment != "" {
 		var model string
@@ -493,7 +541,42 @@ func decodeRequest(body []byte, deployment string) (*jobs.Request, *reply) {
 		rep := invalidRequest(unparsableMessage, "", "")
 		return nil, &rep
 	}
+	var extra struct {
+		Tools      json.RawMessage `json:"tools"`
+		ToolChoice json.RawMessage `json:"tool_choice"`
+		Logprobs   *bool           `json:"logprobs"`
+	}
+	_ = json.Unmarshal(body, &extra)
+	_ = json.Unmarshal(extra.Tools, &opts.Tools)
+	opts.ToolChoice = extra.ToolChoice
+	opts.Logprobs = extra.Logprobs != nil && *extra.Logprobs
 	return &req, nil
+}
+
+// streamOptions reads stream and stream_options, answering OpenAI's 400s
+// for bad values.
+func streamOptions(top map[string]json.RawMessage, opts *wireOptions) *reply {
+	if raw, ok := top["stream"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &opts.Stream); err != nil {
+			rep := invalidRequest("Invalid type for 'stream': expected a boolean, but got "+string(raw)+" instead.", "stream", "invalid_type")
+			return &rep
+		}
+	}
+	if raw, ok := top["stream_options"]; ok && string(raw) != "null" {
+		if !opts.Stream {
+			rep := invalidRequest("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options", "invalid_value")
+			return &rep
+		}
+		var so struct {
+			IncludeUsage *bool `json:"include_usage"`
+		}
+		if err := json.Unmarshal(raw, &so); err != nil {
+			rep := invalidRequest("Invalid type for 'stream_options': expected an object.", "stream_options", "invalid_type")
+			return &rep
+		}
+		opts.IncludeUsage = so.IncludeUsage != nil && *so.IncludeUsage
+	}
+	return nil
 }
 
 // serveSetFaults handles POST /_fake/faults[?model=M] with the SPEC as body.

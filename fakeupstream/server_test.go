@@ -60,8 +60,8 @@ func TestCompletionUsageMatchesEstimator(t *testing.T) {
 				t.Errorf("choices = %+v, want %d assistant choices finished by stop", got.Choices, tc.n)
 			}
 			text := lastUserText(&req)
-			if want := "echo: " + text[:min(40, len(text))]; got.Choices[0].Message.Content != want {
-				t.Errorf("content = %q, want %q", got.Choices[0].Message.Content, want)
+			if want := "echo: " + text[:min(40, len(text))]; str(got.Choices[0].Message.Content) != want {
+				t.Errorf("content = %q, want %q", str(got.Choices[0].Message.Content), want)
 			}
 			if got.Object != "chat.completion" || got.Model != req.Model || !strings.HasPrefix(got.ID, "chatcmpl-") {
 				t.Errorf("object/model/id = %q/%q/%q", got.Object, got.Model, got.ID)
@@ -273,7 +273,8 @@ func TestValidation(t *testing.T) {
 		{"not an object", `[1]`, "<null>"},
 		{"missing model", `{"messages":[{"role":"user","content":"hi"}]}`, "model"},
 		{"missing messages", `{"model":"gpt-4o"}`, "messages"},
-		{"stream", body("gpt-4o", "hi", map[string]any{"stream": true}), "stream"},
+		{"stream not a boolean", body("gpt-4o", "hi", map[string]any{"stream": "yes"}), "stream"},
+		{"stream_options without stream", body("gpt-4o", "hi", map[string]any{"stream_options": map[string]any{"include_usage": true}}), "stream_options"},
 		{"bad role", `{"model":"gpt-4o","messages":[{"role":"robot","content":"hi"}]}`, "messages[0].role"},
 		{"bad n", body("gpt-4o", "hi", map[string]any{"n": 0}), "n"},
 	}
@@ -301,7 +302,7 @@ func TestAzureRoute(t *testing.T) {
 	if c.resp.StatusCode != 200 {
 		t.Fatalf("status %d %s", c.resp.StatusCode, c.body)
 	}
-	if got := decodeCompletion(t, c.body); got.Model != "gpt4o-prod" || got.Choices[0].Message.Content != "echo: hello azure" {
+	if got := decodeCompletion(t, c.body); got.Model != "gpt4o-prod" || str(got.Choices[0].Message.Content) != "echo: hello azure" {
 		t.Errorf("completion = %+v", got)
 	}
 	c = post(t, nil, url, noModel, "Authorization", "", "api-key", "azkey")

@@ -50,6 +50,10 @@ type Usage struct {
 	PromptTokens     int `json:"prompt_tokens"`
 	CompletionTokens int `json:"completion_tokens"`
 	TotalTokens      int `json:"total_tokens"`
+	// Estimated is set when the upstream reported no usage (a stream
+	// without a usage chunk) and llmq estimated it; the response body
+	// then carries no usage.
+	Estimated bool `json:"estimated,omitempty"`
 }
 
 // ErrorInfo is the last error of a failed job, as classified by the failure

@@ -52,7 +52,10 @@ const (
 	ClassModelNotFound  = "model_not_found"
 	ClassConflict       = "conflict"
 	ClassCanceled       = "canceled"
-	ClassUnknown        = "unknown"
+	// ClassStreamBroken: a streamed answer was cut or went silent before
+	// its end; part of it was generated and paid for.
+	ClassStreamBroken = "stream_broken"
+	ClassUnknown      = "unknown"
 	// Classes the worker gives a job's final failure when no upstream answer
 	// decided it.
 	ClassInvalidPayload = "invalid_payload" // the task payload cannot be run
@@ -93,6 +96,7 @@ type Verdict struct {
 //	2xx malformed / truncated (TransportError)               retry          malformed        yes
 //	401                                                      hold           auth
 //	402; insufficient_quota, billing_* (type or code)        hold           quota
+//	400 Anthropic "credit balance is too low" (message)      hold           quota
 //	429 "Request too large" (Requested > Limit)              dead_letter    too_large
 //	429 any other (rate_limit_exceeded, tokens, requests,    rate_limited   rate_limit
 //	    rate_limit_error, Azure code "429")
@@ -109,6 +113,8 @@ type Verdict struct {
 //	1xx, 3xx (redirects are not followed), >= 600            retry          unknown          yes
 //	transport connect/header/read timeout, job deadline      retry          timeout          yes
 //	transport refused, DNS, reset, other                     retry          transport        yes
+//	stream cut before [DONE], or silent (stall)              retry          stream_broken    yes
+//	error event inside a stream                              as the status it names (see upstream.Chat)
 //	transport canceled (the caller's ctx: shutdown)          retry          canceled
 //	upstream.ErrKey (no readable key)                        hold           auth
 //	upstream.ErrInvalidRequest (unsendable body)             dead_letter    invalid_request
@@ -182,6 +188,8 @@ func classifyTransport(te *upstream.TransportError) Verdict {
 		v.Class = ClassMalformed
 	case upstream.KindConnectTimeout, upstream.KindHeaderTimeout, upstream.KindTimeout:
 		v.Class = ClassTimeout
+	case upstream.KindStreamCut, upstream.KindStreamStall:
+		v.Class = ClassStreamBroken
 	default: // refused, DNS, reset, other
 		v.Class = ClassTransport
 	}
@@ -221,6 +229,8 @@ func classifyAPI(e *upstream.Error) Verdict {
 	case s >= 400 && s <= 499 && (s == 402 || is("insufficient_quota", "billing_error", "billing_hard_limit_reached", "billing_not_active")):
 		// OpenAI insufficient_quota (type and code), Anthropic
 		// billing_error (402): retrying never helps, holding does.
+		return v(Hold, ClassQuota, false)
+	case s == 400 && creditBalanceTooLow(e.Message):
 		return v(Hold, ClassQuota, false)
 	case s == 429 && requestTooLarge(e.Message):
 		return v(DeadLetter, ClassTooLarge, false)
@@ -303,6 +313,23 @@ func requestTooLarge(msg string) bool {
 	limit, ok1 := numberAfter(msg, "Limit ")
 	requested, ok2 := numberAfter(msg, "Requested ")
 	return ok1 && ok2 && requested > limit
+}
+
+// creditBalanceTooLow recognises Anthropic's answer for an account out of
+// prepaid credit:
+//
+//	400 {"type":"error","error":{"type":"invalid_request_error",
+//	     "message":"Your credit balance is too low to access the Anthropic API.
+//	     Please go to Plans & Billing to upgrade or purchase credits."}}
+//
+// It is the second and last exception to "never classify on message
+// text", for the same reason as requestTooLarge: status and type are those
+// of an ordinary invalid request (which is dead-lettered at once), and no
+// code, header or other field says the account, not the job, is at fault.
+// Dead-lettering would throw away every job of the batch one by one; like
+// OpenAI's insufficient_quota it must hold the fleet until someone pays.
+func creditBalanceTooLow(msg string) bool {
+	return strings.Contains(strings.ToLower(msg), "credit balance is too low")
 }
 
 // numberAfter parses the decimal integer right after the first label in s.

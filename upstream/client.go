@@ -46,9 +46,24 @@ type Config struct {
 	// ConnectTimeout bounds the TCP connect and the TLS handshake. Default 5s.
 	ConnectTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for response headers once the
-	// request is written. Default 15s. The whole call, body included, is
-	// bounded by the context passed to Chat (the job's deadline).
+	// request is written, for calls that do not stream. Default 15s. OpenAI
+	// sends a non-streaming completion's headers only once the whole answer
+	// is generated. The whole call, body included, is bounded by the
+	// context passed to Chat (call_timeout and the job's deadline).
 	ResponseHeaderTimeout time.Duration
+	// FirstByteTimeout bounds, for a streamed call, the wait for the
+	// response headers and then for the first event. Default
+	// DefaultFirstByteTimeout (15s).
+	FirstByteTimeout time.Duration
+	// IdleTimeout bounds the silence between two events of a stream.
+	// Default DefaultIdleTimeout (15s).
+	IdleTimeout time.Duration
+	// DisableStream makes every call non-streaming, for providers that do
+	// not stream. By default calls stream (see [Client.Chat]).
+	DisableStream bool
+	// NoStreamModels lists models (as the body names them) called without
+	// streaming.
+	NoStreamModels []string
 	// Azure, when non-nil, switches to Azure OpenAI: the URL is
 	// BaseURL/openai/deployments/<model>/chat/completions?api-version=...
 	// (the deployment is the body's model) and the key goes in the api-key
@@ -83,6 +98,13 @@ type Client struct {
 	now       func() time.Time
 	http      *http.Client
 	transport *http.Transport
+
+	headerTimeout    time.Duration
+	firstByteTimeout time.Duration
+	idleTimeout      time.Duration
+	stream           bool
+	noStream         map[string]bool
+	est              *jobs.Estimator
 }
 
 // New returns a Client for cfg, or an error naming the bad field.
@@ -104,13 +126,24 @@ func New(cfg Config) (*Client, error) {
 	if cfg.ResponseHeaderTimeout <= 0 {
 		cfg.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
 	}
+	if cfg.FirstByteTimeout <= 0 {
+		cfg.FirstByteTimeout = DefaultFirstByteTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
 	if cfg.MaxIdleConnsPerHost <= 0 {
 		cfg.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Client{endpoint: base + "/chat/completions", key: cfg.Key, userAgent: cfg.UserAgent, now: cfg.Now}
+	c := &Client{endpoint: base + "/chat/completions", key: cfg.Key, userAgent: cfg.UserAgent, now: cfg.Now,
+		headerTimeout: cfg.ResponseHeaderTimeout, firstByteTimeout: cfg.FirstByteTimeout, idleTimeout: cfg.IdleTimeout,
+		stream: !cfg.DisableStream, noStream: map[string]bool{}, est: jobs.NewEstimator(0)}
+	for _, m := range cfg.NoStreamModels {
+		c.noStream[m] = true
+	}
 	if cfg.Azure != nil {
 		az := *cfg.Azure
 		if az.APIVersion == "" {
@@ -125,14 +158,16 @@ func New(cfg Config) (*Client, error) {
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	c.transport = &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		TLSHandshakeTimeout:   cfg.ConnectTimeout,
-		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		MaxIdleConns:          cfg.MaxIdleConnsPerHost,
-		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
-		IdleConnTimeout:       90 * time.Second,
-		Protocols:             &protocols,
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         dialer.DialContext,
+		TLSHandshakeTimeout: cfg.ConnectTimeout,
+		// The response-header, first-byte and idle timeouts are the
+		// call's watchdog (stream.go): they differ between streamed and
+		// plain calls, and a stall must be told from a header timeout.
+		MaxIdleConns:        cfg.MaxIdleConnsPerHost,
+		MaxIdleConnsPerHost: cfg.MaxIdleConnsPerHost,
+		IdleConnTimeout:     90 * time.Second,
+		Protocols:           &protocols,
 	}
 	c.http = &http.Client{
 		Transport: c.transport,
@@ -182,39 +217,75 @@ type Response struct {
 	RateLimit RateLimit
 	// KeyFingerprint is the [Fingerprint] of the key the call used.
 	KeyFingerprint string
+	// Streamed reports that the answer was streamed and assembled.
+	Streamed bool
 }
 
 // Chat POSTs body, an OpenAI chat-completions request, and returns the
-// completion. It makes exactly one attempt, bounded by ctx (the job's
-// deadline) and the connect and response-header timeouts.
+// completion. It makes exactly one attempt, bounded by ctx (call_timeout and
+// the job's deadline) and the connect timeout.
 //
-// A non-2xx answer is an [*Error]; a call without a usable answer is a
-// [*TransportError]; a key that cannot be read wraps [ErrKey]; an Azure body
-// without a model wraps [ErrInvalidRequest]. None of them contains the key.
+// By default the call streams: the client adds "stream": true and
+// "stream_options": {"include_usage": true} to the body on the wire, waits
+// at most FirstByteTimeout for the headers and the first event and at most
+// IdleTimeout between events, and assembles the chunks into the
+// chat.completion the same request returns without streaming (see
+// assembler), so a long answer that keeps streaming is paid once. A stream
+// without usage gets an estimate marked [jobs.Usage.Estimated]. A server
+// that answers a streamed request with a plain JSON body is read as such.
+// Calls for NoStreamModels, or all with DisableStream, do not stream and wait
+// at most ResponseHeaderTimeout for the headers.
+//
+// A non-2xx answer, or an error event inside a stream, is an [*Error] (an
+// event is given the status it names); a call without a usable answer is a
+// [*TransportError] (a stream that ends before [DONE] is KindStreamCut, one
+// that goes silent KindStreamStall); a key that cannot be read wraps
+// [ErrKey]; a body that cannot be sent wraps [ErrInvalidRequest]. None of
+// them contains the key.
 func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 	key, err := c.key.Key()
 	if err != nil {
 		return nil, fmt.Errorf("upstream chat: %w", err)
 	}
 	target := c.endpoint
-	if c.azure != nil {
+	stream := c.stream
+	if c.azure != nil || len(c.noStream) > 0 {
 		var m struct {
 			Model string `json:"model"`
 		}
-		if err := json.Unmarshal(body, &m); err != nil || m.Model == "" {
-			return nil, fmt.Errorf("%w: Azure needs the body's model field to name the deployment; set \"model\" to the deployment name", ErrInvalidRequest)
+		jerr := json.Unmarshal(body, &m)
+		if c.azure != nil {
+			if jerr != nil || m.Model == "" {
+				return nil, fmt.Errorf("%w: Azure needs the body's model field to name the deployment; set \"model\" to the deployment name", ErrInvalidRequest)
+			}
+			target += "/openai/deployments/" + url.PathEscape(m.Model) + "/chat/completions?api-version=" + url.QueryEscape(c.azure.APIVersion)
 		}
-		target += "/openai/deployments/" + url.PathEscape(m.Model) + "/chat/completions?api-version=" + url.QueryEscape(c.azure.APIVersion)
+		stream = stream && !c.noStream[m.Model]
+	}
+	wire := body
+	if stream {
+		if wire, err = streamBody(body); err != nil {
+			return nil, err
+		}
 	}
 
+	parent := ctx
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	wd := newWatchdog(cancel)
+	defer wd.stop()
 	var tr callTrace
 	ctx = httptrace.WithClientTrace(ctx, tr.clientTrace())
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(wire))
 	if err != nil {
 		return nil, fmt.Errorf("%w: build request: %w", ErrInvalidRequest, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json")
+	if stream {
+		req.Header.Set("Accept", "text/event-stream")
+	} else {
+		req.Header.Set("Accept", "application/json")
+	}
 	if c.userAgent != "" {
 		req.Header.Set("User-Agent", c.userAgent)
 	}
@@ -224,13 +295,50 @@ func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
 
+	if stream {
+		wd.arm(c.firstByteTimeout, KindHeaderTimeout, "response headers")
+	} else {
+		wd.arm(c.headerTimeout, KindHeaderTimeout, "response headers")
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, transportError(ctx, &tr, false, err)
+		return nil, c.callError(parent, ctx, &tr, false, false, err)
 	}
 	defer resp.Body.Close()
 
 	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
+	if ok && stream && isEventStream(resp.Header) {
+		wd.arm(c.firstByteTimeout, KindStreamStall, "first stream event")
+		sr, err := c.readStream(resp.Body, wd)
+		if err != nil {
+			var ev *errorEvent
+			if errors.As(err, &ev) {
+				// Classified like the status it names, scrubbed like any
+				// error answer.
+				named := *resp
+				named.StatusCode = ev.status
+				return nil, c.apiError(&named, ev.data, key)
+			}
+			var te *TransportError
+			if errors.As(err, &te) {
+				return nil, te
+			}
+			return nil, c.callError(parent, ctx, &tr, true, true, err)
+		}
+		wd.stop()
+		out, err := completionResponse(resp.StatusCode, resp.Header, sr.body, key)
+		if err != nil {
+			return nil, err
+		}
+		if !sr.usage {
+			out.Usage, out.UsageErr = estimateUsage(c.est, body, sr.asm.generatedChars()), nil
+		}
+		out.Streamed = true
+		out.KeyFingerprint = Fingerprint(key)
+		return out, nil
+	}
+	// A plain body (or an error answer): the whole call bounds its read.
+	wd.stop()
 	limit := int64(maxErrorRead)
 	if ok {
 		limit = maxResponseBody
@@ -242,7 +350,7 @@ func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 		return nil, c.apiError(resp, raw, key)
 	}
 	if err != nil {
-		return nil, transportError(ctx, &tr, true, err)
+		return nil, c.callError(parent, ctx, &tr, true, false, err)
 	}
 	if int64(len(raw)) > limit {
 		return nil, &TransportError{Kind: KindMalformed, Op: "read response", Err: fmt.Errorf("2xx body exceeds %d bytes", limit)}
@@ -253,6 +361,33 @@ func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 	}
 	out.KeyFingerprint = Fingerprint(key)
 	return out, nil
+}
+
+// isEventStream reports whether the answer is a server-sent event stream.
+func isEventStream(h http.Header) bool {
+	ct, _, _ := strings.Cut(h.Get("Content-Type"), ";")
+	return strings.EqualFold(strings.TrimSpace(ct), "text/event-stream")
+}
+
+// callError classifies a failed call: the watchdog's verdict when it
+// canceled the call (and the caller's ctx, parent, is still live), else
+// transportError's. A 2xx stream (streaming set) that breaks after its
+// headers for any reason other than the caller's context is KindStreamCut:
+// part of it was generated, and paid for.
+func (c *Client) callError(parent, ctx context.Context, tr *callTrace, headers, streaming bool, err error) *TransportError {
+	op := "await response"
+	if headers {
+		op = "read response"
+	}
+	if parent.Err() == nil {
+		if se := stalled(ctx); se != nil {
+			return &TransportError{Kind: se.kind, Op: op, Err: se}
+		}
+		if streaming && (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || isReset(err)) {
+			return &TransportError{Kind: KindStreamCut, Op: op, Err: fmt.Errorf("stream ended before [DONE]: %w", err)}
+		}
+	}
+	return transportError(parent, tr, headers, err)
 }
 
 // apiError builds the Error for a non-2xx answer, with the key scrubbed

@@ -88,7 +88,8 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 	c, err := New(Config{Key: StaticKey(testKey)})
-	if err != nil || c.endpoint != DefaultBaseURL+"/chat/completions" || c.transport.ResponseHeaderTimeout != DefaultResponseHeaderTimeout ||
+	if err != nil || c.endpoint != DefaultBaseURL+"/chat/completions" || c.headerTimeout != DefaultResponseHeaderTimeout ||
+		c.firstByteTimeout != DefaultFirstByteTimeout || c.idleTimeout != DefaultIdleTimeout || !c.stream ||
 		c.transport.MaxIdleConnsPerHost != DefaultMaxIdleConnsPerHost || c.transport.TLSHandshakeTimeout != DefaultConnectTimeout {
 		t.Fatalf("defaults not applied: %v %+v", err, c)
 	}
@@ -116,7 +117,7 @@ func TestChatSuccess(t *testing.T) {
 		w.Header().Set("x-ratelimit-reset-tokens", "20ms")
 		_, _ = io.WriteString(w, completionJSON)
 	})
-	c := newClient(t, Config{BaseURL: srv.URL + "/v1/", UserAgent: "llmq-test/1", Now: stepClock(250 * time.Millisecond)})
+	c := newClient(t, Config{BaseURL: srv.URL + "/v1/", UserAgent: "llmq-test/1", Now: stepClock(250 * time.Millisecond), DisableStream: true})
 	resp, err := c.Chat(t.Context(), []byte(requestBody))
 	if err != nil {
 		t.Fatalf("Chat: %v", err)
@@ -386,8 +387,11 @@ func TestChatTransportKinds(t *testing.T) {
 	})
 	t.Run("response header timeout", func(t *testing.T) {
 		srv := hang(t, nil)
-		c := newClient(t, Config{BaseURL: srv.URL, ResponseHeaderTimeout: 100 * time.Millisecond})
+		c := newClient(t, Config{BaseURL: srv.URL, ResponseHeaderTimeout: 100 * time.Millisecond, DisableStream: true})
 		_, err := c.Chat(t.Context(), []byte(requestBody))
+		assertKind(t, err, KindHeaderTimeout, "await response")
+		c = newClient(t, Config{BaseURL: srv.URL, FirstByteTimeout: 100 * time.Millisecond})
+		_, err = c.Chat(t.Context(), []byte(requestBody))
 		assertKind(t, err, KindHeaderTimeout, "await response")
 	})
 	t.Run("job deadline awaiting headers", func(t *testing.T) {

@@ -278,6 +278,14 @@ const (
 	// KindTruncated: the response ended early (unexpected EOF in the
 	// headers, the body or its JSON).
 	KindTruncated TransportKind = "truncated"
+	// KindStreamCut: a streamed answer ended (EOF, reset) before its
+	// [DONE]. Part of it was generated and paid for.
+	KindStreamCut TransportKind = "stream_cut"
+	// KindStreamStall: a streamed answer went silent: no first event within
+	// Config.FirstByteTimeout of its headers, or no event within
+	// Config.IdleTimeout of the previous one. Part of it may have been
+	// paid for.
+	KindStreamStall TransportKind = "stream_stall"
 	// KindOther: any other failure (TLS certificate, proxy, ...).
 	KindOther TransportKind = "other"
 )

@@ -98,7 +98,7 @@ func (h *harness) startWorker(o workerOpts) *recorder {
 	if o.headerWait == 0 {
 		o.headerWait = 5 * time.Second
 	}
-	client, err := upstream.New(upstream.Config{BaseURL: h.url, Key: o.keys, ResponseHeaderTimeout: o.headerWait})
+	client, err := upstream.New(upstream.Config{BaseURL: h.url, Key: o.keys, ResponseHeaderTimeout: o.headerWait, FirstByteTimeout: o.headerWait})
 	if err != nil {
 		h.t.Fatal(err)
 	}

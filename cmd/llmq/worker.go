@@ -133,6 +133,10 @@ func (a *app) runWorker(cmd *cobra.Command) error {
 		Key:                   keys,
 		ConnectTimeout:        a.cfg.Upstream.ConnectTimeout,
 		ResponseHeaderTimeout: a.cfg.Upstream.ResponseHeaderTimeout,
+		FirstByteTimeout:      a.cfg.Upstream.FirstByteTimeout,
+		IdleTimeout:           a.cfg.Upstream.IdleTimeout,
+		DisableStream:         !a.cfg.Upstream.Stream,
+		NoStreamModels:        a.cfg.Upstream.NoStreamModels,
 		UserAgent:             "llmq/" + version,
 	}
 	if a.cfg.Upstream.AzureAPIVersion != "" {
