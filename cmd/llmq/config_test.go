@@ -75,7 +75,7 @@ func section(out, header string) string {
 func TestConfigMasksRedisPassword(t *testing.T) {
 	const password = "hunter2-redis-secret"
 	p := newProcEnv(t, fakeupstream.Config{}, nil)
-	p.vars = append(p.vars, "LLMQ_REDIS_URL=redis://admin:"+password+"@10.1.2.3:6379/0")
+	p.vars = append(p.vars, "LLMQ_REDIS_URL=redis://admin:"+password+"@127.0.0.1:1/0")
 	out, errOut, code := p.run("", "config")
 	if code != 0 {
 		t.Fatalf("config: %d %s", code, errOut)
@@ -84,7 +84,7 @@ func TestConfigMasksRedisPassword(t *testing.T) {
 		t.Errorf("config output shows the password or no masked URL:\n%s%s", out, errOut)
 	}
 
-	p.vars = append(p.vars, "LLMQ_REDIS_URL=http://admin:"+password+"@10.1.2.3:6379/0")
+	p.vars = append(p.vars, "LLMQ_REDIS_URL=http://admin:"+password+"@127.0.0.1:1/0")
 	_, errOut, code = p.run("", "config")
 	if code == 0 || !strings.Contains(errOut, "redis_url") || strings.Contains(errOut, password) {
 		t.Errorf("invalid redis_url: exit %d, stderr %q: want an error naming redis_url without the password", code, errOut)
