@@ -214,7 +214,7 @@ func outageRun(ctx context.Context, o Options, p outagePlan, perProcess bool) (o
 		}
 		id := customID(n)
 		body := fmt.Sprintf(`{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"drill-job:%s steady prompt"}]}`, id)
-		if _, err := e.prod.Enqueue(ctx, &jobs.Job{ID: batch + ":" + id, BatchID: batch, Body: json.RawMessage(body)}); err != nil {
+		if _, err := e.prod.Enqueue(ctx, &jobs.Job{ID: jobs.JobID(batch, id), BatchID: batch, CustomID: id, Body: json.RawMessage(body)}); err != nil {
 			return f, fmt.Errorf("enqueue: %w", err)
 		}
 		mu.Lock()
@@ -236,7 +236,7 @@ func outageRun(ctx context.Context, o Options, p outagePlan, perProcess bool) (o
 	}
 	f.succeeded, f.deadLettered, f.lost, f.duplicates = t.succeeded, t.failed, t.lost, t.dupJobs
 	for n := range f.enqueued {
-		r, err := e.store.Get(ctx, batch+":"+customID(n))
+		r, err := e.store.Get(ctx, jobs.JobID(batch, customID(n)))
 		if err != nil || r.Status != jobs.StatusSucceeded {
 			continue
 		}
