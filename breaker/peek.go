@@ -2,27 +2,34 @@ package breaker
 
 import (
 	"context"
-	"errors"
+	_ "embed"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// AllowIn queues on pipe a read of model's state that answers Allow
-// without a script when the breaker is closed, the common case, so a
-// caller can batch it with other reads in one round trip. The returned
-// function, called after pipe.Exec, gives the Permit with settled true when
-// the read decided it (closed: allowed); settled false means the breaker is
-// not closed (or the read failed) and the caller must ask Allow.
+//go:embed peek.lua
+var peekLua string
+
+// AllowIn queues on pipe the common case of Allow — a closed breaker —
+// so a caller can batch it with other reads in one round trip. Like Allow
+// it counts the call in the rolling window and refreshes this process's
+// view of the failures in a row (so a later Success ends a fleet-wide
+// streak); unlike Allow it never makes a transition or takes the probe.
+// The returned function, called after pipe.Exec, gives the Permit with
+// settled true when the breaker was closed (allowed); settled false means
+// it is not closed (or the read failed) and the caller must ask Allow.
+//
+// The script is sent with EVAL, not EVALSHA: a pipeline cannot fall back
+// on NOSCRIPT (after a Redis restart or failover) within its one round trip.
 func (b *Breaker) AllowIn(ctx context.Context, pipe redis.Pipeliner, model string) func() (p Permit, settled bool) {
-	cmd := pipe.HGet(ctx, b.Key(model), "state")
+	cmd := pipe.Eval(ctx, peekLua, []string{b.Key(model), b.windowKey(model)},
+		b.cfg.Now().UnixMilli(), b.ttl(), b.width.Milliseconds(), b.nb)
 	return func() (Permit, bool) {
-		state, err := cmd.Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
+		res, err := cmd.Slice()
+		if err != nil || len(res) != 2 || toInt(res[0]) != 1 {
 			return Permit{Model: model}, false
 		}
-		if state != "" && State(state) != Closed {
-			return Permit{Model: model}, false
-		}
+		b.streak(model).Store(toInt(res[1]))
 		return Permit{Model: model, Allowed: true, State: Closed}, true
 	}
 }

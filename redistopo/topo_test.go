@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/llmq/llmq/redisconn"
 	"github.com/llmq/llmq/redistopo"
 )
@@ -28,9 +30,6 @@ func TestClusterFailover(t *testing.T) {
 	}
 	rdb := conn.NewClient()
 	defer rdb.Close()
-	if err := rdb.Set(ctx, "k", "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
 	m, err := c.MasterOf(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
@@ -39,8 +38,17 @@ func TestClusterFailover(t *testing.T) {
 	if err != nil || len(reps) != 1 {
 		t.Fatalf("replicas of %s: %v %v", m.Addr, reps, err)
 	}
-	if err := rdb.Do(ctx, "WAIT", 1, 2000).Err(); err != nil {
+	// WAIT covers the writes of its own connection only: write and wait on
+	// one connection to the key's master, so the replica surely holds it.
+	direct := redis.NewClient(&redis.Options{Addr: m.Addr})
+	defer direct.Close()
+	cn := direct.Conn()
+	defer cn.Close()
+	if err := cn.Set(ctx, "k", "v", 0).Err(); err != nil {
 		t.Fatal(err)
+	}
+	if n, err := cn.Do(ctx, "WAIT", 1, 2000).Int(); err != nil || n < 1 {
+		t.Fatalf("WAIT 1 2000 = %d, %v: the replica did not acknowledge the write", n, err)
 	}
 	killed := time.Now()
 	m.Kill()
@@ -82,15 +90,21 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	rdb := conn.NewClient()
 	defer rdb.Close()
-	if err := rdb.Set(ctx, "k", "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.Do(ctx, "WAIT", 1, 2000).Err(); err != nil {
-		t.Fatal(err)
-	}
 	m, err := ss.Master(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// WAIT covers the writes of its own connection only: write and wait on
+	// one connection to the key's master, so the replica surely holds it.
+	direct := redis.NewClient(&redis.Options{Addr: m.Addr})
+	defer direct.Close()
+	cn := direct.Conn()
+	defer cn.Close()
+	if err := cn.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := cn.Do(ctx, "WAIT", 1, 2000).Int(); err != nil || n < 1 {
+		t.Fatalf("WAIT 1 2000 = %d, %v: the replica did not acknowledge the write", n, err)
 	}
 	killed := time.Now()
 	m.Kill()
