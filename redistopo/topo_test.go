@@ -38,18 +38,7 @@ func TestClusterFailover(t *testing.T) {
 	if err != nil || len(reps) != 1 {
 		t.Fatalf("replicas of %s: %v %v", m.Addr, reps, err)
 	}
-	// WAIT covers the writes of its own connection only: write and wait on
-	// one connection to the key's master, so the replica surely holds it.
-	direct := redis.NewClient(&redis.Options{Addr: m.Addr})
-	defer direct.Close()
-	cn := direct.Conn()
-	defer cn.Close()
-	if err := cn.Set(ctx, "k", "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := cn.Do(ctx, "WAIT", 1, 2000).Int(); err != nil || n < 1 {
-		t.Fatalf("WAIT 1 2000 = %d, %v: the replica did not acknowledge the write", n, err)
-	}
+	setReplicated(ctx, t, m.Addr, "k", "v")
 	killed := time.Now()
 	m.Kill()
 	if err := c.WaitHealthy(ctx); err != nil {
@@ -94,18 +83,7 @@ func TestSentinelFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// WAIT covers the writes of its own connection only: write and wait on
-	// one connection to the key's master, so the replica surely holds it.
-	direct := redis.NewClient(&redis.Options{Addr: m.Addr})
-	defer direct.Close()
-	cn := direct.Conn()
-	defer cn.Close()
-	if err := cn.Set(ctx, "k", "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := cn.Do(ctx, "WAIT", 1, 2000).Int(); err != nil || n < 1 {
-		t.Fatalf("WAIT 1 2000 = %d, %v: the replica did not acknowledge the write", n, err)
-	}
+	setReplicated(ctx, t, m.Addr, "k", "v")
 	killed := time.Now()
 	m.Kill()
 	deadline := time.Now().Add(30 * time.Second)
@@ -122,5 +100,22 @@ func TestSentinelFailover(t *testing.T) {
 	t.Logf("failover took %v", time.Since(killed).Round(time.Millisecond))
 	if v, err := rdb.Get(ctx, "k").Result(); err != nil || v != "v" {
 		t.Fatalf("GET after failover = %q, %v", v, err)
+	}
+}
+
+// setReplicated sets key on the master at addr and waits until its replica
+// acknowledges it. WAIT covers the writes of its own connection only, so
+// both go over one connection to the master.
+func setReplicated(ctx context.Context, t *testing.T, addr, key, value string) {
+	t.Helper()
+	direct := redis.NewClient(&redis.Options{Addr: addr})
+	defer direct.Close()
+	cn := direct.Conn()
+	defer cn.Close()
+	if err := cn.Set(ctx, key, value, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := cn.Do(ctx, "WAIT", 1, 2000).Int(); err != nil || n < 1 {
+		t.Fatalf("WAIT 1 2000 = %d, %v: the replica did not acknowledge the write", n, err)
 	}
 }
