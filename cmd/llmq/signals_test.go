@@ -91,9 +91,18 @@ func TestStatusShowsBudgetsInUse(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: exit %d %s", code, errOut)
 	}
+	// The rows of the BUDGET table only (the BREAKER table below it names
+	// models too).
 	var rows []string
+	inBudget := false
 	for _, l := range strings.Split(out, "\n") {
-		if f := strings.Fields(l); len(f) > 1 && (f[0] == "gpt-4o-mini" || f[0] == "default" || f[0] == "gpt-4o") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) > 0 && f[0] == "BUDGET":
+			inBudget = true
+		case len(f) == 0:
+			inBudget = false
+		case inBudget && len(f) >= 4:
 			rows = append(rows, strings.Join(f[:4], " "))
 		}
 	}
