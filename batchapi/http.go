@@ -411,7 +411,7 @@ func (s *Service) present(ctx context.Context, rec *batchRecord) (Batch, error) 
 }
 
 func (s *Service) answerBatch(w http.ResponseWriter, r *http.Request, tenant, id string) {
-	rec, err := s.st.batch(r.Context(), tenant, id)
+	b, err := s.loadBatch(r.Context(), tenant, id)
 	if errors.Is(err, ErrNotFound) {
 		notFound(w, "Batch", id)
 		return
@@ -420,12 +420,17 @@ func (s *Service) answerBatch(w http.ResponseWriter, r *http.Request, tenant, id
 		s.internal(w, r, err)
 		return
 	}
-	b, err := s.present(r.Context(), rec)
-	if err != nil {
-		s.internal(w, r, err)
-		return
-	}
 	writeJSON(w, http.StatusOK, b)
+}
+
+// loadBatch reads tenant's batch id and presents it as the API shows it;
+// ErrNotFound when the tenant has no such batch.
+func (s *Service) loadBatch(ctx context.Context, tenant, id string) (Batch, error) {
+	rec, err := s.st.batch(ctx, tenant, id)
+	if err != nil {
+		return Batch{}, err
+	}
+	return s.present(ctx, rec)
 }
 
 func (s *Service) getBatch(w http.ResponseWriter, r *http.Request, tenant string) {
@@ -484,15 +489,10 @@ func (s *Service) listBatches(w http.ResponseWriter, r *http.Request, tenant str
 	out := List[Batch]{Object: "list", Data: []Batch{}, HasMore: more}
 	s.kickAll(r.Context(), ids)
 	for _, id := range ids {
-		rec, err := s.st.batch(r.Context(), tenant, id)
+		b, err := s.loadBatch(r.Context(), tenant, id)
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}
-		if err != nil {
-			s.internal(w, r, err)
-			return
-		}
-		b, err := s.present(r.Context(), rec)
 		if err != nil {
 			s.internal(w, r, err)
 			return
