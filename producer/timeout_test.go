@@ -3,14 +3,17 @@ package producer_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/rs/zerolog"
 
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/llmqtest"
 	"github.com/llmq/llmq/producer"
+	"github.com/llmq/llmq/worker"
 )
 
 // Each job's asynq task timeout leaves room for a whole call on every tier
@@ -69,5 +72,43 @@ func TestTaskTimeoutCoversEveryTiersCall(t *testing.T) {
 	}
 	if _, err := producer.New(env.Opt, producer.WithCallTimeout(0)); err == nil {
 		t.Fatal("a zero call timeout was accepted")
+	}
+}
+
+// A worker whose call timeout outlasts the task timeout a producer gave a
+// job says so before the call, naming call_timeout; a job enqueued with the
+// workers' call timeout gets no such warning.
+func TestWorkerWarnsWhenTheTaskTimeoutCannotHoldItsCall(t *testing.T) {
+	env := llmqtest.Redis(t)
+	logs := &llmqtest.Buffer{}
+	_, stop := runWorker(env.RedisURL(), env.Queue, env.Prefix, func(c *worker.Config) {
+		c.CallTimeout = 30 * time.Minute
+		c.Log = zerolog.New(logs)
+	})
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	run := func(id string, opts ...producer.Option) string {
+		t.Helper()
+		p, err := producer.New(env.Opt, append([]producer.Option{producer.WithQueue(env.Queue), producer.WithPrefix(env.Prefix)}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		before := len(logs.String())
+		if _, err := p.Enqueue(ctx, &jobs.Job{ID: id, Body: helloBody}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Wait(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		return logs.String()[before:]
+	}
+	short := run("short", producer.WithCallTimeout(10*time.Minute), producer.WithFallbackTiers(0)) // 12m < 30m
+	if !strings.Contains(short, `"event":"task_timeout_short"`) || !strings.Contains(short, `"call_timeout"`) || !strings.Contains(short, `"job_id":"short"`) {
+		t.Fatalf("no task_timeout_short warning naming call_timeout for a 12m task timeout and a 30m call timeout:\n%s", short)
+	}
+	if ok := run("ok", producer.WithCallTimeout(30*time.Minute), producer.WithFallbackTiers(0)); strings.Contains(ok, "task_timeout_short") {
+		t.Fatalf("a job enqueued with the workers' call timeout was warned about:\n%s", ok)
 	}
 }
