@@ -126,8 +126,12 @@ type Upstream struct {
 	ConnectTimeout        time.Duration `yaml:"connect_timeout"`
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
 	// FirstByteTimeout bounds, for a streamed call, the wait for the
-	// headers and then the first event.
+	// headers.
 	FirstByteTimeout time.Duration `yaml:"first_byte_timeout"`
+	// FirstEventTimeout bounds, for a streamed call, the wait from the
+	// headers to the first event: how long a model may think before it
+	// writes.
+	FirstEventTimeout time.Duration `yaml:"first_event_timeout"`
 	// IdleTimeout bounds the silence between two events of a stream.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// Stream makes upstream calls stream and assembles the answer (default
@@ -293,6 +297,7 @@ func Default() Config {
 			ConnectTimeout:        upstream.DefaultConnectTimeout,
 			ResponseHeaderTimeout: upstream.DefaultResponseHeaderTimeout,
 			FirstByteTimeout:      upstream.DefaultFirstByteTimeout,
+			FirstEventTimeout:     upstream.DefaultFirstEventTimeout,
 			IdleTimeout:           upstream.DefaultIdleTimeout,
 			Stream:                true,
 			CallTimeout:           DefaultCallTimeout,
@@ -473,7 +478,8 @@ func (c *Config) Validate() error {
 	for field, d := range map[string]time.Duration{
 		"upstream.connect_timeout": c.Upstream.ConnectTimeout, "upstream.response_header_timeout": c.Upstream.ResponseHeaderTimeout,
 		"upstream.first_byte_timeout": c.Upstream.FirstByteTimeout, "upstream.idle_timeout": c.Upstream.IdleTimeout,
-		"upstream.call_timeout": c.Upstream.CallTimeout, "retry.base": c.Retry.Base, "retry.cap": c.Retry.Cap,
+		"upstream.first_event_timeout": c.Upstream.FirstEventTimeout,
+		"upstream.call_timeout":        c.Upstream.CallTimeout, "retry.base": c.Retry.Base, "retry.cap": c.Retry.Cap,
 		"retry.retry_after_cap": c.Retry.RetryAfterCap, "worker.shutdown_timeout": c.Worker.ShutdownTimeout,
 		"worker.poll_interval": c.Worker.PollInterval, "worker.hold_recheck": c.Worker.HoldRecheck,
 		"breaker.window": c.Breaker.Window, "breaker.open": c.Breaker.Open, "results.ttl": c.Results.TTL,

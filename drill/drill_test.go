@@ -2,7 +2,6 @@ package drill_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -16,26 +15,7 @@ import (
 // binPath is the llmq binary the drills run, built once.
 var binPath string
 
-func TestMain(m *testing.M) {
-	if bin := os.Getenv("LLMQ_DRILL_BIN"); bin != "" {
-		// a prebuilt binary (make drill builds bin/llmq first)
-		binPath = bin
-		os.Exit(m.Run())
-	}
-	dir, err := os.MkdirTemp("", "llmq-drill-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if binPath, err = fleet.Build(context.Background(), dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { fleet.TestMain(m, &binPath) }
 
 // options returns the drill options of a test: the short form unless
 // LLMQ_DRILL=long.

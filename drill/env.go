@@ -102,7 +102,7 @@ type env struct {
 	o     Options
 	s     setup
 	dir   string
-	redis *redisServer           // the one redis-server (topology "")
+	redis *redistopo.Server      // the one redis-server (topology "")
 	clu   *redistopo.Cluster     // topology "cluster"
 	sen   *redistopo.SentinelSet // topology "sentinel"
 	conn  *redisconn.Conn        // redisURL, parsed
@@ -171,7 +171,7 @@ func newEnv(ctx context.Context, o Options, s setup) (_ *env, err error) {
 		if e.redis, err = startRedis(ctx, filepath.Join(dir, "redis"), s.fsync); err != nil {
 			return nil, err
 		}
-		url = "redis://" + e.redis.addr + "/0"
+		url = "redis://" + e.redis.Addr + "/0"
 	}
 	e.redisURL = url
 	if e.conn, err = redisconn.Parse(url); err != nil {
@@ -255,7 +255,7 @@ func (e *env) close() {
 		_ = e.rdb.Close()
 	}
 	if e.redis != nil {
-		e.redis.close()
+		e.redis.Kill()
 	}
 	if e.clu != nil {
 		e.clu.Close()

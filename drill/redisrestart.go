@@ -54,7 +54,7 @@ func redisRestart(ctx context.Context, o Options, fsync string) (*Report, error)
 		return rep, fmt.Errorf("waiting for %d upstream calls: %w", mark, err)
 	}
 	offsets := logSizes(ws)
-	e.redis.kill()
+	e.redis.Kill()
 	down := time.Now()
 	e.logf("redis killed (SIGKILL) after %d upstream calls", e.calls.requests())
 	rep.note("Redis SIGKILLed after %d upstream calls, restarted after %v", e.calls.requests(), outage)
@@ -75,11 +75,11 @@ func redisRestart(ctx context.Context, o Options, fsync string) (*Report, error)
 		return rep, ctx.Err()
 	case <-time.After(max(0, outage-time.Since(down))):
 	}
-	if err := e.redis.restart(ctx); err != nil {
+	if err := e.redis.Restart(ctx); err != nil {
 		return rep, err
 	}
 	up := time.Now()
-	e.logf("redis restarted on %s", e.redis.addr)
+	e.logf("redis restarted on %s", e.redis.Addr)
 	outageLogs := logSizes(ws)
 
 	// The same producer after the restart: it reconnects by itself.

@@ -316,6 +316,15 @@ func stableID(body []byte) string {
 	return "chatcmpl-" + hex.EncodeToString(sum[:12])
 }
 
+// thinkTime is how long the model reasons before its first token: the
+// fault's "think:D", else Config.ThinkTime.
+func (s *Server) thinkTime(f Fault) time.Duration {
+	if f.Kind == FaultThink {
+		return f.Delay
+	}
+	return s.cfg.ThinkTime
+}
+
 // generationTime is how long the answer takes to generate: the fault's
 // "generate:D", else Config.GenerationTime, else the completion tokens of
 // one choice at Config.TokensPerSecond, else nothing.

@@ -23,7 +23,11 @@
 // gives both the same id). A generation time (Config.GenerationTime,
 // TokensPerSecond, or the fault generate:D) spreads a stream's chunks over
 // it, while a plain answer sends its headers only once it is over, as
-// OpenAI does.
+// OpenAI does. A think time (Config.ThinkTime or the fault think:D) is a
+// reasoning model's silence before its first token: a stream's headers
+// leave at once and then nothing, not even the role, until it is over,
+// which is what OpenAI's Chat Completions sends while o-series and gpt-5
+// models reason.
 //
 // Faults are injected from a SPEC (see [ParseFaults]): a sequence such as
 // "503x3,200" consumed one element per request, or a random mix such as
@@ -43,7 +47,8 @@
 // (body = SPEC, optional ?model=), GET /_fake/faults, GET /healthz.
 //
 // What it does not model: real text (answers echo the prompt; usage is
-// deterministic, not a tokenizer's count of the answer), prompt processing
+// deterministic, not a tokenizer's count of the answer), reasoning tokens in
+// usage (completion_tokens_details) while a model thinks, prompt processing
 // time before the first token (use Latency), audio, annotations, web
 // search and the Responses API, the "obfuscation" padding of real stream
 // chunks, keep-alive comments, HTTP/2, per-project limits and the daily

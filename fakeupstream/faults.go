@@ -84,6 +84,9 @@ const (
 	// FaultGenerate makes the answer take Fault.Delay to generate (see
 	// Config.GenerationTime).
 	FaultGenerate FaultKind = "generate"
+	// FaultThink makes the model reason for Fault.Delay before its first
+	// token (see Config.ThinkTime).
+	FaultThink FaultKind = "think"
 	// FaultEchoKey answers 200 normally but echoes the request's API key
 	// the way a careless proxy might: in x-request-id ("req_<key>") and,
 	// JSON-escaped (\u0073\u006b…), in the message content.
@@ -94,7 +97,7 @@ const (
 // takes a ":duration" argument (required for latency).
 func namedFault(kind FaultKind) (ok, takesArg bool) {
 	switch kind {
-	case FaultSlow, FaultLatency, FaultRateLimit, FaultGenerate:
+	case FaultSlow, FaultLatency, FaultRateLimit, FaultGenerate, FaultThink:
 		return true, true
 	case FaultHang, FaultReset, FaultMalformed, FaultTruncated, FaultQuota, FaultContext,
 		FaultNotFound, FaultPolicy, FaultRegion, FaultOverloaded, FaultAzure429, FaultEchoKey,
@@ -104,7 +107,7 @@ func namedFault(kind FaultKind) (ok, takesArg bool) {
 	return false, false
 }
 
-const faultNames = "hang, reset, malformed, truncated, slow[:D], latency:D, quota, ratelimit[:D], context, notfound, policy, region, overloaded, azure429, echokey, stall, cut, streamerror[:STATUS], refusal, extras, generate:D"
+const faultNames = "hang, reset, malformed, truncated, slow[:D], latency:D, quota, ratelimit[:D], context, notfound, policy, region, overloaded, azure429, echokey, stall, cut, streamerror[:STATUS], refusal, extras, generate:D, think:D"
 
 // Fault is one injected behaviour. The zero Fault is a normal answer.
 type Fault struct {
@@ -151,7 +154,7 @@ func (f Fault) name() string {
 func (f Fault) isError() bool {
 	switch f.Kind {
 	case "", FaultLatency, FaultSlow, FaultMalformed, FaultTruncated, FaultEchoKey,
-		FaultStall, FaultCut, FaultStreamError, FaultRefusal, FaultExtras, FaultGenerate:
+		FaultStall, FaultCut, FaultStreamError, FaultRefusal, FaultExtras, FaultGenerate, FaultThink:
 		return false
 	}
 	return true
@@ -213,7 +216,8 @@ func (p FaultPlan) String() string {
 // (200 = normal, 400-599 = that status with OpenAI's real body) or a named
 // fault: hang, reset, malformed, truncated, slow[:D], latency:D, quota,
 // ratelimit[:D], context, notfound, policy, region, overloaded, azure429,
-// echokey, stall, cut, streamerror[:STATUS], refusal, extras, generate:D. A
+// echokey, stall, cut, streamerror[:STATUS], refusal, extras, generate:D,
+// think:D. A
 // suffix xN repeats it: "503x3,200" is three 503s then a 200.
 //
 // "random:" followed by name=P entries draws every request forever:
@@ -339,7 +343,7 @@ func parseFault(el string, pos int) (Fault, error) {
 			return Fault{}, specErrorf("element %d %q: argument must be a positive duration such as 1200ms", pos, el)
 		}
 		f.Delay = d
-	case kind == FaultLatency, kind == FaultGenerate:
+	case kind == FaultLatency, kind == FaultGenerate, kind == FaultThink:
 		return Fault{}, specErrorf("element %d %q: %s needs a duration, e.g. %s:200ms", pos, el, name, name)
 	}
 	return f, nil

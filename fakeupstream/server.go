@@ -70,6 +70,13 @@ type Config struct {
 	// fragments spread over it; a plain answer sends its headers only when
 	// it is over, as OpenAI does. The fault generate:D overrides it.
 	GenerationTime time.Duration
+	// ThinkTime is how long every answer's model reasons before its first
+	// token (0: none). A streamed answer sends its headers at once and then
+	// nothing at all, not even the role, until the thinking is over, as
+	// OpenAI's Chat Completions does for reasoning models; a plain answer's
+	// headers wait for it as well as for the generation. The fault think:D
+	// overrides it.
+	ThinkTime time.Duration
 	// TokensPerSecond, when GenerationTime is 0, makes an answer take its
 	// completion tokens (of one choice) at this rate (0: instant).
 	TokensPerSecond float64
@@ -131,8 +138,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Latency < 0 {
 		return nil, fmt.Errorf("latency: must be 0 or more, got %s", cfg.Latency)
 	}
-	if cfg.GenerationTime < 0 || cfg.TokensPerSecond < 0 {
-		return nil, fmt.Errorf("generation: time and tokens per second must be 0 or more, got %s and %g", cfg.GenerationTime, cfg.TokensPerSecond)
+	if cfg.GenerationTime < 0 || cfg.TokensPerSecond < 0 || cfg.ThinkTime < 0 {
+		return nil, fmt.Errorf("generation: time, think time and tokens per second must be 0 or more, got %s, %s and %g", cfg.GenerationTime, cfg.ThinkTime, cfg.TokensPerSecond)
 	}
 	plan, err := ParseFaults(cfg.Faults)
 	if err != nil {
@@ -352,7 +359,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 		id = stableID(body)
 	}
 	ans := s.buildAnswer(req, opts, fault, id, arrived.Unix(), cost.PromptTokens)
-	gen := s.generationTime(fault, ans.tokens)
+	gen, think := s.generationTime(fault, ans.tokens), s.thinkTime(fault)
 	rep := reply{status: http.StatusOK, contentType: "application/json", body: ans.body()}.with("openai-model", req.Model)
 
 	if opts.Stream && fault.Kind != FaultMalformed && fault.Kind != FaultTruncated && fault.Kind != FaultSlow && fault.Kind != FaultEchoKey {
@@ -362,11 +369,12 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, deployment st
 		v.state.setHeaders(h)
 		h.Set("openai-model", req.Model)
 		h.Set("openai-processing-ms", strconv.FormatInt(s.now().Sub(arrived).Milliseconds(), 10))
-		if s.writeStream(ctx, rec, ans, opts, fault, gen) {
+		if s.writeStream(ctx, rec, ans, opts, fault, think, gen) {
 			s.served(ans.comp.Usage)
 		}
 		return
 	}
+	gen += think // a plain answer's headers wait for the thinking too
 
 	switch fault.Kind {
 	case FaultEchoKey:

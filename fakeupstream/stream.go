@@ -11,15 +11,19 @@ import (
 // writeStream sends a as OpenAI streams it (text/event-stream): one chunk
 // per choice per step (n > 1 interleaved), the role first, then the
 // fragments spread evenly over gen, the finish_reason, the usage chunk with
-// "choices": [] when include_usage is set, and "data: [DONE]". A stall, cut
-// or streamerror fault breaks it after half the steps. It reports whether
-// the whole stream was written.
-func (s *Server) writeStream(ctx context.Context, w http.ResponseWriter, a *answer, opts wireOptions, fault Fault, gen time.Duration) bool {
+// "choices": [] when include_usage is set, and "data: [DONE]". The
+// headers leave at once; a thinking model then sends nothing for think. A
+// stall, cut or streamerror fault breaks it after half the steps. It
+// reports whether the whole stream was written.
+func (s *Server) writeStream(ctx context.Context, w http.ResponseWriter, a *answer, opts wireOptions, fault Fault, think, gen time.Duration) bool {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream; charset=utf-8")
 	h.Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	if think > 0 && (rc.Flush() != nil || !sleep(ctx, think)) {
+		return false
+	}
 	write := func(data []byte) bool {
 		var b bytes.Buffer
 		b.WriteString("data: ")

@@ -39,6 +39,10 @@ const (
 // ErrNotReady is returned when a topology does not settle in time.
 var ErrNotReady = errors.New("redistopo: topology not ready")
 
+// ErrExited is returned when redis-server exits while it starts (its log
+// says why; after a SIGKILL its port may still be taken for a moment).
+var ErrExited = errors.New("redistopo: redis-server exited at start")
+
 // Server is one redis-server process (a server, cluster node or Sentinel).
 type Server struct {
 	// Addr is its 127.0.0.1:PORT.
@@ -95,7 +99,7 @@ func (s *Server) start(ctx context.Context) error {
 	err := waitFor(ctx, startTimeout, func(ctx context.Context) error {
 		select {
 		case <-s.done:
-			return stop(fmt.Errorf("redistopo: redis-server on %s exited at start (see %s)", s.Addr, filepath.Join(s.Dir, "redis.log")))
+			return stop(fmt.Errorf("%w: %s (see %s)", ErrExited, s.Addr, filepath.Join(s.Dir, "redis.log")))
 		default:
 		}
 		return c.Ping(ctx).Err()
@@ -113,6 +117,25 @@ func (s *Server) Kill() {
 	}
 	_ = s.cmd.Process.Signal(syscall.SIGKILL)
 	<-s.done
+}
+
+// Restart starts the process again after Kill, on the same port, directory
+// and arguments (so it reloads its AOF, if it keeps one), and waits until it
+// answers. A start that exits at once because the port still lingers after
+// the SIGKILL is retried every poll for up to startTimeout.
+func (s *Server) Restart(ctx context.Context) error {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		err := s.start(ctx)
+		if err == nil || !errors.Is(err, ErrExited) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(poll):
+		}
+	}
 }
 
 // Alive reports whether the process runs.

@@ -54,9 +54,12 @@ type Config struct {
 	// context passed to Chat (call_timeout and the job's deadline).
 	ResponseHeaderTimeout time.Duration
 	// FirstByteTimeout bounds, for a streamed call, the wait for the
-	// response headers and then for the first event. Default
-	// DefaultFirstByteTimeout (15s).
+	// response headers. Default DefaultFirstByteTimeout (15s).
 	FirstByteTimeout time.Duration
+	// FirstEventTimeout bounds, for a streamed call, the wait from the
+	// headers to the first event (a reasoning model writes nothing while it
+	// thinks). Default DefaultFirstEventTimeout (10m).
+	FirstEventTimeout time.Duration
 	// IdleTimeout bounds the silence between two events of a stream.
 	// Default DefaultIdleTimeout (15s).
 	IdleTimeout time.Duration
@@ -101,13 +104,14 @@ type Client struct {
 	http      *http.Client
 	transport *http.Transport
 
-	headerTimeout    time.Duration
-	firstByteTimeout time.Duration
-	idleTimeout      time.Duration
-	stream           bool
-	noStream         map[string]bool
-	est              *jobs.Estimator
-	readers          *sync.Pool // *bufio.Reader of streamBufSize, for readStream (shared by copies)
+	headerTimeout     time.Duration
+	firstByteTimeout  time.Duration
+	firstEventTimeout time.Duration
+	idleTimeout       time.Duration
+	stream            bool
+	noStream          map[string]bool
+	est               *jobs.Estimator
+	readers           *sync.Pool // *bufio.Reader of streamBufSize, for readStream (shared by copies)
 }
 
 // New returns a Client for cfg, or an error naming the bad field.
@@ -132,6 +136,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.FirstByteTimeout <= 0 {
 		cfg.FirstByteTimeout = DefaultFirstByteTimeout
 	}
+	if cfg.FirstEventTimeout <= 0 {
+		cfg.FirstEventTimeout = DefaultFirstEventTimeout
+	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
@@ -143,7 +150,8 @@ func New(cfg Config) (*Client, error) {
 	}
 	c := &Client{endpoint: base + "/chat/completions", key: cfg.Key, userAgent: cfg.UserAgent, now: cfg.Now,
 		headerTimeout: cfg.ResponseHeaderTimeout, firstByteTimeout: cfg.FirstByteTimeout, idleTimeout: cfg.IdleTimeout,
-		stream: !cfg.DisableStream, noStream: map[string]bool{}, est: jobs.NewEstimator(0)}
+		firstEventTimeout: cfg.FirstEventTimeout,
+		stream:            !cfg.DisableStream, noStream: map[string]bool{}, est: jobs.NewEstimator(0)}
 	for _, m := range cfg.NoStreamModels {
 		c.noStream[m] = true
 	}
@@ -231,8 +239,8 @@ type Response struct {
 //
 // By default the call streams: the client adds "stream": true and
 // "stream_options": {"include_usage": true} to the body on the wire, waits
-// at most FirstByteTimeout for the headers and the first event and at most
-// IdleTimeout between events, and assembles the chunks into the
+// at most FirstByteTimeout for the headers, FirstEventTimeout for the first
+// event and IdleTimeout between events, and assembles the chunks into the
 // chat.completion the same request returns without streaming (see
 // assembler), so a long answer that keeps streaming is paid once. A stream
 // without usage gets an estimate marked [jobs.Usage.Estimated]. A server
@@ -312,7 +320,7 @@ func (c *Client) Chat(ctx context.Context, body []byte) (*Response, error) {
 
 	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
 	if ok && stream && isEventStream(resp.Header) {
-		wd.arm(c.firstByteTimeout, KindStreamStall, "first stream event")
+		wd.arm(c.firstEventTimeout, KindStreamStall, "first stream event")
 		sr, err := c.readStream(resp.Body, wd)
 		if err != nil {
 			var ev *errorEvent

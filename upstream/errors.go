@@ -282,7 +282,7 @@ const (
 	// [DONE]. Part of it was generated and paid for.
 	KindStreamCut TransportKind = "stream_cut"
 	// KindStreamStall: a streamed answer went silent: no first event within
-	// Config.FirstByteTimeout of its headers, or no event within
+	// Config.FirstEventTimeout of its headers, or no event within
 	// Config.IdleTimeout of the previous one. Part of it may have been
 	// paid for.
 	KindStreamStall TransportKind = "stream_stall"

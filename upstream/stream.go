@@ -19,8 +19,15 @@ import (
 // Stream timeouts applied to zero Config fields.
 const (
 	// DefaultFirstByteTimeout bounds the wait, once the request is sent, for
-	// a streamed answer's headers and then its first event.
+	// a streamed answer's headers (OpenAI sends them at once).
 	DefaultFirstByteTimeout = 15 * time.Second
+	// DefaultFirstEventTimeout bounds the wait, once a stream's headers are
+	// in, for its first event: how long the model may think before it
+	// writes. OpenAI's Chat Completions stream carries nothing while a
+	// reasoning model reasons (minutes at a high effort), so by default
+	// only the call's own bound (call_timeout, 10m) limits it; lower it for
+	// models that answer at once to catch a stalled stream sooner.
+	DefaultFirstEventTimeout = 10 * time.Minute
 	// DefaultIdleTimeout bounds the silence between two events of a stream.
 	DefaultIdleTimeout = 15 * time.Second
 )

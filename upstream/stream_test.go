@@ -305,6 +305,22 @@ func TestStreamFaults(t *testing.T) {
 		_, err = withFaults(plain, "generate:3s").Chat(t.Context(), body)
 		assertKind(t, err, KindHeaderTimeout, "await response")
 	})
+	t.Run("a model thinking longer than the first-byte and idle timeouts", func(t *testing.T) {
+		// A reasoning model's stream is silent after its headers until it
+		// has thought: 1.5 s, five times each 300 ms timeout. Only the
+		// first-event timeout bounds that silence.
+		resp, err := withFaults(fast, "think:1500ms").Chat(t.Context(), body)
+		if err != nil || !resp.Streamed {
+			t.Fatalf("answer after 1.5 s of thinking: %v", err)
+		}
+		impatient := newClient(t, Config{BaseURL: url, FirstByteTimeout: time.Second, FirstEventTimeout: 300 * time.Millisecond})
+		start := time.Now()
+		_, err = withFaults(impatient, "think:3s").Chat(t.Context(), body)
+		assertKind(t, err, KindStreamStall, "read response")
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("silent first event noticed after %s, want about the first-event timeout", d)
+		}
+	})
 }
 
 func TestErrorEventStatus(t *testing.T) {

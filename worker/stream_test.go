@@ -77,6 +77,26 @@ func TestLongAnswerStreamsAndIsPaidOnce(t *testing.T) {
 	}
 }
 
+// TestThinkingModelIsPaidOnce: a reasoning model whose stream stays silent
+// after its headers for five times the first-byte and idle timeouts (OpenAI
+// sends nothing while it reasons) is one upstream call and one attempt: the
+// wait for the first event has its own, long bound.
+func TestThinkingModelIsPaidOnce(t *testing.T) {
+	h := newHarness(t, fakeupstream.Config{ThinkTime: longStreamGeneration})
+	h.warm()
+	h.startWorker(workerOpts{mod: h.withClient(upstream.Config{FirstByteTimeout: shortFirstByte, IdleTimeout: shortFirstByte})})
+	if _, err := h.prod.Enqueue(t.Context(), &jobs.Job{ID: "thinker", Body: body(longQuestion)}); err != nil {
+		t.Fatal(err)
+	}
+	r := h.result("thinker")
+	if r.Status != jobs.StatusSucceeded || r.Attempts != 1 {
+		t.Fatalf("result = %s after %d attempts, want succeeded after 1: %+v\n%s", r.Status, r.Attempts, r.Error, h.logs.Tail(5))
+	}
+	if st := h.fake.Stats(); st.Requests != 1 {
+		t.Errorf("fake served %d requests, want exactly 1 paid call", st.Requests)
+	}
+}
+
 func TestLongAnswerWithoutStreamingTimesOut(t *testing.T) {
 	h := newHarness(t, fakeupstream.Config{GenerationTime: longStreamGeneration})
 	h.warm()

@@ -161,6 +161,7 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 		latency, quantum     time.Duration
 		generation           time.Duration
 		tokensPerSecond      float64
+		think                time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:         "fake-upstream",
@@ -170,7 +171,7 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			srv, err := fakeupstream.New(fakeupstream.Config{RPM: rpm, TPM: tpm, Latency: latency, Faults: faults, APIKey: apiKey,
 				Quantum: quantum, Accounting: fakeupstream.Accounting(accounting),
-				GenerationTime: generation, TokensPerSecond: tokensPerSecond})
+				GenerationTime: generation, ThinkTime: think, TokensPerSecond: tokensPerSecond})
 			if err != nil {
 				return err
 			}
@@ -201,6 +202,7 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 	cmd.Flags().Int64Var(&tpm, "tpm", 0, "tokens per minute enforced (0 = unlimited)")
 	cmd.Flags().DurationVar(&latency, "latency", 0, "added latency per request")
 	cmd.Flags().DurationVar(&generation, "generation-time", 0, "time every answer takes to generate (streamed: spread over the stream; plain: before the headers)")
+	cmd.Flags().DurationVar(&think, "think-time", 0, "time every answer's model reasons before its first token (streamed: headers at once, then silence; plain: before the headers)")
 	cmd.Flags().Float64Var(&tokensPerSecond, "tokens-per-second", 0, "generation speed when --generation-time is 0 (0 = instant)")
 	cmd.Flags().DurationVar(&quantum, "quantum", 0, "enforce the limits per this much of their rate, e.g. 1s: 60,000 RPM as 1,000 requests a second (0 = per minute)")
 	cmd.Flags().StringVar(&accounting, "accounting", string(fakeupstream.AccountTokenizer), "how TPM is charged: tokenizer, or chars (characters/4 per message + 4, + max_tokens × n)")

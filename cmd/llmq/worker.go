@@ -134,6 +134,7 @@ func (a *app) runWorker(cmd *cobra.Command) error {
 		ConnectTimeout:        a.cfg.Upstream.ConnectTimeout,
 		ResponseHeaderTimeout: a.cfg.Upstream.ResponseHeaderTimeout,
 		FirstByteTimeout:      a.cfg.Upstream.FirstByteTimeout,
+		FirstEventTimeout:     a.cfg.Upstream.FirstEventTimeout,
 		IdleTimeout:           a.cfg.Upstream.IdleTimeout,
 		DisableStream:         !a.cfg.Upstream.Stream,
 		NoStreamModels:        a.cfg.Upstream.NoStreamModels,

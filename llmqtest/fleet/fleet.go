@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -422,6 +423,34 @@ func Build(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("fleet: go build llmq: %w: %s", err, strings.TrimSpace(errb.String()))
 	}
 	return bin, nil
+}
+
+// BinEnv names the environment variable that hands tests a prebuilt llmq
+// binary (make builds bin/llmq first) instead of building one.
+const BinEnv = "LLMQ_TEST_BIN"
+
+// TestMain is the TestMain of a package whose tests run llmq processes: it
+// builds the binary once into a temporary directory (or takes the one
+// BinEnv names), stores its path in *bin, runs the tests, removes the build
+// and exits with their code.
+func TestMain(m *testing.M, bin *string) {
+	if prebuilt := os.Getenv(BinEnv); prebuilt != "" {
+		*bin = prebuilt
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "llmq-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if *bin, err = Build(context.Background(), dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // freePort returns a TCP port free on 127.0.0.1 at the time of the call.

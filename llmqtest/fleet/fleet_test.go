@@ -18,23 +18,10 @@ import (
 	"github.com/llmq/llmq/llmqtest/fleet"
 )
 
+// bin is the llmq binary the tests run, built once.
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "llmq-fleet-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if bin, err = fleet.Build(context.Background(), dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { fleet.TestMain(m, &bin) }
 
 func newFleet(t *testing.T, fcfg fakeupstream.Config, mod func(*fleet.Config)) (*fleet.Fleet, *fakeupstream.Server, *llmqtest.Env) {
 	t.Helper()
