@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/hibiken/asynq"
@@ -26,6 +25,7 @@ const (
 	CodeLineTooLong       = "line_too_long"
 	CodeEmptyFile         = "empty_file"
 	CodeTooManyRequests   = "too_many_tasks"
+	CodeTooManyErrors     = "too_many_errors"
 	CodeFileNotFound      = "file_not_found"
 	// CodeBatchExpired marks a request that had not run when the
 	// completion window passed (OpenAI's code).
@@ -140,10 +140,38 @@ func (s *Service) fail(ctx context.Context, rec *batchRecord, errs []BatchError)
 	return s.finish(ctx, rec)
 }
 
-// start validates the input file; every problem fails the batch and
-// nothing runs. A valid file is enqueued (idempotently: a server that dies
-// mid-way leaves a batch the next one enqueues again, skipping the jobs
-// already there) and the batch goes in_progress.
+// MaxBatchErrors caps the problems a failed batch's errors list: an input
+// of any size fails in bounded memory. Past the cap, one more entry
+// (CodeTooManyErrors) counts the problems left out.
+const MaxBatchErrors = 1000
+
+// errMissingCustomID is the problem of a line without a custom_id.
+var errMissingCustomID = errors.New("missing custom_id")
+
+// errJobID is the problem of a line that sets llmq's job id: through the
+// API a request's id is always <batch id>:<custom_id>, so one tenant's
+// line can never name (or learn of) another tenant's job.
+var errJobID = errors.New("id set")
+
+// checkLine is the API's own rule for an input line, on top of llmq's
+// validation.
+func checkLine(j *jobs.Job) error {
+	switch {
+	case j.CustomID == "":
+		return errMissingCustomID
+	case j.ID != "":
+		return errJobID
+	}
+	return nil
+}
+
+// start validates the input file and, when every line is valid, enqueues
+// its jobs: producer.EnqueueBatch reads the file from Redis twice, a chunk
+// at a time (once to validate, once to submit), so memory is bounded by
+// MaxRequests and MaxBatchErrors, whatever the file's size. Any problem
+// fails the batch with every problem and its line, and nothing runs.
+// Enqueueing is idempotent: a server that dies mid-way leaves a batch the
+// next one enqueues again, skipping the jobs already there.
 func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	b := &rec.Batch
 	frec, err := s.st.file(ctx, rec.Tenant, b.InputFileID)
@@ -153,88 +181,71 @@ func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	if err != nil {
 		return err
 	}
-	problems, total, err := s.validate(s.st.content(ctx, frec))
-	if err != nil {
-		return err
-	}
-	if len(problems) > 0 {
-		return s.fail(ctx, rec, problems)
-	}
+	problems := &problemList{}
 	rep, err := s.prod.EnqueueBatch(ctx, s.st.content(ctx, frec), producer.BatchID(b.ID),
-		producer.JobOptions(producer.Queue(rec.Queue)))
-	var berr *producer.BatchError
-	if errors.As(err, &berr) {
-		var errs []BatchError
-		for _, le := range berr.Lines {
-			errs = append(errs, lineErrors(le)...)
+		producer.JobOptions(producer.Queue(rec.Queue)), producer.MaxJobs(s.cfg.MaxRequests),
+		producer.CheckLine(checkLine), producer.OnProblem(problems.add))
+	var (
+		berr *producer.BatchError
+		cerr *producer.ConflictError
+	)
+	switch {
+	case errors.As(err, &berr):
+		if berr.TooMany > 0 {
+			problems.errs = append(problems.errs, BatchError{Code: CodeTooManyRequests,
+				Message: fmt.Sprintf("The input file holds more than %d requests; a batch may hold at most %d.", berr.TooMany, berr.TooMany), Param: ptr("input_file_id")})
 		}
-		return s.fail(ctx, rec, errs)
-	}
-	if err != nil {
+		return s.fail(ctx, rec, problems.list())
+	case errors.Is(err, producer.ErrNoJobs):
+		return s.fail(ctx, rec, []BatchError{{Code: CodeEmptyFile, Message: "The input file holds no requests.", Param: ptr("input_file_id")}})
+	case errors.As(err, &cerr):
+		// Unreachable through the API (checkLine refuses explicit ids, and
+		// batch ids are new): the jobs left out are not part of the batch.
+		s.log.Warn().Err(err).Str("batch_id", b.ID).Msg("batchapi: jobs left out of the batch")
+	case err != nil:
 		return err
-	}
-	if rep.Jobs != total {
-		s.log.Warn().Str("batch_id", b.ID).Int("validated", total).Int("enqueued", rep.Jobs).Msg("batchapi: request counts differ")
 	}
 	b.Status, b.InProgressAt = StatusInProgress, ptr(s.cfg.Now().Unix())
 	b.RequestCounts.Total = rep.Jobs
 	return s.st.saveBatch(ctx, rec)
 }
 
-// validate reads a whole input file and returns every problem with its
-// line, and the number of requests.
-func (s *Service) validate(r io.Reader) ([]BatchError, int, error) {
-	jr := jobs.NewReader(r)
-	var errs []BatchError
-	seen := map[string]int{}
-	n := 0
-	for {
-		job, line, err := jr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		var le *jobs.LineError
-		if errors.As(err, &le) {
-			errs = append(errs, lineErrors(le)...)
-			if errors.Is(le, jobs.ErrLineTooLong) {
-				break
-			}
-			continue
-		}
-		if err != nil {
-			return nil, 0, err
-		}
-		n++
-		if job.CustomID == "" {
-			errs = append(errs, BatchError{Code: CodeMissingCustomID, Message: "Missing required parameter: 'custom_id'.", Param: ptr("custom_id"), Line: ptr(line)})
-		} else if first, ok := seen[job.CustomID]; ok {
-			errs = append(errs, BatchError{Code: CodeDuplicateCustomID, Message: fmt.Sprintf("The custom_id %q repeats line %d; custom_id values must be unique within a batch.", job.CustomID, first),
-				Param: ptr("custom_id"), Line: ptr(line)})
+// problemList collects a batch's line problems, at most MaxBatchErrors,
+// counting the rest.
+type problemList struct {
+	errs    []BatchError
+	omitted int
+}
+
+func (p *problemList) add(le *jobs.LineError) {
+	for _, e := range lineErrors(le) {
+		if len(p.errs) < MaxBatchErrors {
+			p.errs = append(p.errs, e)
 		} else {
-			seen[job.CustomID] = line
-		}
-		if job.ID == "" {
-			job.ID = "validate"
-		}
-		if err := job.Validate(); err != nil {
-			errs = append(errs, lineErrors(&jobs.LineError{Line: line, Err: err})...)
+			p.omitted++
 		}
 	}
-	switch {
-	case n == 0 && len(errs) == 0:
-		errs = append(errs, BatchError{Code: CodeEmptyFile, Message: "The input file holds no requests.", Param: ptr("input_file_id")})
-	case n > s.cfg.MaxRequests:
-		errs = append(errs, BatchError{Code: CodeTooManyRequests, Message: fmt.Sprintf("The input file holds %d requests; a batch may hold at most %d.", n, s.cfg.MaxRequests),
-			Param: ptr("input_file_id")})
+}
+
+// list returns the problems, with one entry counting those left out.
+func (p *problemList) list() []BatchError {
+	if p.omitted == 0 {
+		return p.errs
 	}
-	return errs, n, nil
+	return append(p.errs, BatchError{Code: CodeTooManyErrors,
+		Message: fmt.Sprintf("%d more problems are not listed: only the first %d are. Fix these and validate the file again.", p.omitted, MaxBatchErrors)})
 }
 
 // lineErrors turns one line's problems into batch errors, one per field.
 func lineErrors(le *jobs.LineError) []BatchError {
 	line := ptr(le.Line)
-	if errors.Is(le, jobs.ErrLineTooLong) {
+	switch {
+	case errors.Is(le, jobs.ErrLineTooLong):
 		return []BatchError{{Code: CodeLineTooLong, Message: le.Err.Error(), Line: line}}
+	case errors.Is(le, errMissingCustomID):
+		return []BatchError{{Code: CodeMissingCustomID, Message: "Missing required parameter: 'custom_id'.", Param: ptr("custom_id"), Line: line}}
+	case errors.Is(le, errJobID):
+		return []BatchError{{Code: CodeInvalidRequest, Message: "The field 'id' is not accepted: custom_id names a request.", Param: ptr("id"), Line: line}}
 	}
 	var ve *jobs.ValidationError
 	if !errors.As(le.Err, &ve) {
@@ -244,6 +255,8 @@ func lineErrors(le *jobs.LineError) []BatchError {
 	for _, p := range ve.Problems {
 		e := BatchError{Code: CodeInvalidRequest, Message: p.String(), Line: line}
 		switch {
+		case errors.Is(le, producer.ErrDuplicateCustomID):
+			e.Code, e.Param = CodeDuplicateCustomID, ptr(p.Path)
 		case p.Path == "(line)":
 			e.Code = CodeInvalidJSONLine
 		case p.Path == "url":

@@ -70,9 +70,33 @@ func TestStoreChunks(t *testing.T) {
 	if err != nil || rec.Chunks != 3 || f.Bytes != int64(len(data)) {
 		t.Fatalf("record %+v, %v", rec, err)
 	}
-	got, err := io.ReadAll(st.content(ctx, rec))
+	content := st.content(ctx, rec)
+	got, err := io.ReadAll(content)
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("content differs (%d bytes, %v)", len(got), err)
+	}
+	// It seeks: anywhere in a chunk, on a chunk's edge, from the end, back
+	// to the start for a second pass.
+	for _, at := range []struct {
+		off    int64
+		whence int
+		want   int64
+	}{{ChunkBytes + 7, io.SeekStart, ChunkBytes + 7}, {2 * ChunkBytes, io.SeekStart, 2 * ChunkBytes}, {-10, io.SeekEnd, int64(len(data)) - 10},
+		{0, io.SeekStart, 0}, {int64(len(data)), io.SeekStart, int64(len(data))}} {
+		pos, err := content.Seek(at.off, at.whence)
+		if err != nil || pos != at.want {
+			t.Fatalf("Seek(%d, %d) = %d, %v; want %d", at.off, at.whence, pos, err, at.want)
+		}
+		if cur, _ := content.Seek(0, io.SeekCurrent); cur != at.want {
+			t.Fatalf("position %d after Seek to %d", cur, at.want)
+		}
+		got, err := io.ReadAll(content)
+		if err != nil || !bytes.Equal(got, data[at.want:]) {
+			t.Fatalf("after Seek(%d, %d): read %d bytes (%v), want %d", at.off, at.whence, len(got), err, len(data)-int(at.want))
+		}
+	}
+	if _, err := content.Seek(-1, io.SeekStart); err == nil {
+		t.Error("seek before the start: no error")
 	}
 	if _, err := st.file(ctx, "bob", f.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("bob reads alice's file: %v", err)

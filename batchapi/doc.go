@@ -3,10 +3,11 @@
 // unchanged: `llmq serve` runs it.
 //
 // A batch's path: a tenant uploads a JSONL file (streamed into Redis in
-// ChunkBytes pieces, never whole in memory), creates a batch on it, and the
-// batch is validated line by line (any invalid line fails the batch with
-// every problem and its line; nothing runs), then enqueued with
-// producer.EnqueueBatch into the tenant's own asynq queue (TenantQueue):
+// ChunkBytes pieces, never whole in memory), creates a batch on it, and
+// producer.EnqueueBatch reads the file from Redis twice, a chunk at a
+// time: once to validate every line (any invalid line fails the batch with
+// every problem and its line, up to MaxBatchErrors; nothing runs), once to
+// enqueue the jobs into the tenant's own asynq queue (TenantQueue):
 // from there its jobs take the path of every llmq job — fleet budget,
 // breaker, failure policy, results store. The server advances each batch
 // (in_progress → finalizing → completed, cancelling → cancelled, expiry

@@ -142,9 +142,10 @@ func (s *store) deleteFile(ctx context.Context, tenant, id string) error {
 }
 
 // content returns a reader over a file's chunks, one chunk in memory at a
-// time.
-func (s *store) content(ctx context.Context, rec *fileRecord) io.Reader {
-	return &chunkReader{ctx: ctx, rdb: s.rdb, key: s.fileDataKey(rec.File.ID), n: rec.Chunks}
+// time. It seeks, so a reader that needs two passes (EnqueueBatch) reads
+// the file in place rather than copying it.
+func (s *store) content(ctx context.Context, rec *fileRecord) io.ReadSeeker {
+	return &chunkReader{ctx: ctx, rdb: s.rdb, key: s.fileDataKey(rec.File.ID), n: rec.Chunks, size: rec.File.Bytes}
 }
 
 // page lists ids from a tenant's index, newest first, after the id after
@@ -256,14 +257,19 @@ func (w *chunkWriter) flush() error {
 // Close writes the last chunk.
 func (w *chunkWriter) Close() error { return w.flush() }
 
-// chunkReader reads a Redis list of chunks in order.
+// chunkReader reads a Redis list of chunks in order. Every chunk but the
+// last holds ChunkBytes (chunkWriter writes them so), which is how it
+// seeks.
 type chunkReader struct {
-	ctx context.Context
-	rdb redis.UniversalClient
-	key string
-	i   int
-	n   int
-	cur []byte
+	ctx  context.Context
+	rdb  redis.UniversalClient
+	key  string
+	n    int   // chunks
+	size int64 // bytes
+	i    int   // the next chunk to read
+	skip int   // bytes of chunk i to skip (after a seek)
+	pos  int64
+	cur  []byte
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
@@ -275,10 +281,30 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, fmt.Errorf("read file content chunk %d: %w", r.i, err)
 		}
-		r.cur = b
-		r.i++
+		r.cur = b[min(r.skip, len(b)):]
+		r.i, r.skip = r.i+1, 0
 	}
 	n := copy(p, r.cur)
 	r.cur = r.cur[n:]
+	r.pos += int64(n)
 	return n, nil
+}
+
+// Seek sets where the next Read starts (io.Seeker).
+func (r *chunkReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.pos
+	case io.SeekEnd:
+		offset += r.size
+	default:
+		return r.pos, fmt.Errorf("seek file content: whence %d", whence)
+	}
+	if offset < 0 {
+		return r.pos, errors.New("seek file content: negative position")
+	}
+	r.pos, r.cur = offset, nil
+	r.i, r.skip = int(offset/ChunkBytes), int(offset%ChunkBytes)
+	return offset, nil
 }

@@ -163,6 +163,10 @@ type Worker struct {
 	// LLMQ_METRICS_ADDR, flag --metrics-addr): ":0" picks a free port,
 	// "off" disables.
 	MetricsAddr string `yaml:"metrics_addr"`
+	// Pprof serves Go's profiles (net/http/pprof) under /debug/pprof/ on
+	// the metrics server, for profiling a worker under load (make
+	// bench-overhead -profile). Off by default: profiles reveal memory.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Retry is the backoff policy.

@@ -28,10 +28,13 @@ const RegisterChunk = 1000
 type BatchOption func(*batchOptions)
 
 type batchOptions struct {
-	batchID  string
-	progress func(done, total int)
-	job      []EnqueueOption
-	spoolDir string
+	batchID   string
+	progress  func(done, total int)
+	job       []EnqueueOption
+	spoolDir  string
+	maxJobs   int
+	check     func(*jobs.Job) error
+	onProblem func(*jobs.LineError)
 }
 
 // BatchID names the batch (default: a random "batch_..." id). A batch id
@@ -52,6 +55,34 @@ func JobOptions(opts ...EnqueueOption) BatchOption {
 // (a pipe, stdin) between its passes (default: os.TempDir()).
 func SpoolDir(dir string) BatchOption { return func(o *batchOptions) { o.spoolDir = dir } }
 
+// MaxJobs refuses an input of more than n requests (non-blank lines,
+// valid or not): reading stops at request n+1, and EnqueueBatch returns a
+// *BatchError whose TooMany is n, so memory stays bounded whatever the
+// input's size. 0 (the default) sets no limit.
+func MaxJobs(n int) BatchOption { return func(o *batchOptions) { o.maxJobs = n } }
+
+// CheckLine adds fn to the validation of every line: it sees the job as
+// parsed, before EnqueueBatch fills in a custom_id, the batch id and the
+// job id; an error makes the line invalid (a *jobs.LineError wrapping it).
+func CheckLine(fn func(job *jobs.Job) error) BatchOption {
+	return func(o *batchOptions) { o.check = fn }
+}
+
+// OnProblem calls fn with each invalid line's problem, in input order, as
+// validation finds it: every one, where BatchError lists the first
+// MaxReportedProblems.
+func OnProblem(fn func(*jobs.LineError)) BatchOption {
+	return func(o *batchOptions) { o.onProblem = fn }
+}
+
+// ErrNoJobs is matched (with jobs.ErrInvalid) by the error of an input
+// without a single job.
+var ErrNoJobs = errors.New("the input holds no jobs")
+
+// ErrDuplicateCustomID is matched by the problem of a line whose custom_id
+// an earlier line has (the problem is also a *jobs.ValidationError).
+var ErrDuplicateCustomID = errors.New("duplicate custom_id")
+
 // BatchReport says what EnqueueBatch did.
 type BatchReport struct {
 	BatchID string
@@ -67,11 +98,18 @@ type BatchReport struct {
 type BatchError struct {
 	Lines   []*jobs.LineError
 	Invalid int
+	// TooMany is the MaxJobs limit when the input holds more requests
+	// (reading stopped there, so Lines covers the lines before it); else 0.
+	TooMany int
 }
 
 func (e *BatchError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "batch refused, nothing enqueued: %d invalid line(s)", e.Invalid)
+	b.WriteString("batch refused, nothing enqueued:")
+	if e.TooMany > 0 {
+		fmt.Fprintf(&b, " more than %d requests;", e.TooMany)
+	}
+	fmt.Fprintf(&b, " %d invalid line(s)", e.Invalid)
 	for _, l := range e.Lines {
 		b.WriteString("\n  ")
 		b.WriteString(l.Error())
@@ -159,11 +197,11 @@ type prepared struct {
 // valid; otherwise it returns a *BatchError with each problem's line and
 // field path. It streams: the input is read once to validate and once to
 // submit (an input that cannot seek is copied to a temporary file first),
-// so memory grows with the number of jobs (their ids), not with the input's
-// size. Jobs are registered in the batch, then submitted in parallel;
-// re-submitting is idempotent. After registration any failure is an
-// *IncompleteError; jobs whose ids belong to other batches are left out and
-// reported as a *ConflictError.
+// so memory grows with the number of jobs (their ids; MaxJobs bounds it),
+// not with the input's size. Jobs are registered in the batch, then
+// submitted in parallel; re-submitting is idempotent. After registration
+// any failure is an *IncompleteError; jobs whose ids belong to other
+// batches are left out and reported as a *ConflictError.
 func (p *Producer) EnqueueBatch(ctx context.Context, r io.Reader, opts ...BatchOption) (*BatchReport, error) {
 	bo := batchOptions{}
 	for _, opt := range opts {
@@ -230,52 +268,88 @@ func (l *lineJobs) next() (*jobs.Job, int, error) {
 	if err != nil {
 		return nil, line, err
 	}
+	fillCustomID(job, line)
+	return job, line, nil
+}
+
+// fillCustomID names a job whose line sets no custom_id "line-N".
+func fillCustomID(job *jobs.Job, line int) {
 	if job.CustomID == "" {
 		job.CustomID = fmt.Sprintf("line-%d", line)
 	}
-	return job, line, nil
 }
+
+// markedError is a validation problem that also matches a sentinel.
+type markedError struct {
+	*jobs.ValidationError
+	mark error
+}
+
+func (e markedError) Is(target error) bool { return target == e.mark }
+func (e markedError) Unwrap() error        { return e.ValidationError }
 
 // validateBatch parses and validates every line of r and returns the
 // batch's entries (job id and line) in input order, or a *BatchError.
 func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchEntry, error) {
-	lj := &lineJobs{r: jobs.NewReader(r)}
+	jr := jobs.NewReader(r)
 	berr := &BatchError{}
 	fail := func(le *jobs.LineError) {
 		berr.Invalid++
 		if len(berr.Lines) < MaxReportedProblems {
 			berr.Lines = append(berr.Lines, le)
 		}
+		if bo.onProblem != nil {
+			bo.onProblem(le)
+		}
 	}
-	problem := func(line int, path, format string, args ...any) {
-		fail(&jobs.LineError{Line: line, Err: &jobs.ValidationError{Problems: []jobs.Problem{{Path: path, Message: fmt.Sprintf(format, args...)}}}})
+	// problem fails line with one problem; mark, when not nil, is a
+	// sentinel the problem also matches.
+	problem := func(line int, mark error, path, format string, args ...any) {
+		ve := &jobs.ValidationError{Problems: []jobs.Problem{{Path: path, Message: fmt.Sprintf(format, args...)}}}
+		var err error = ve
+		if mark != nil {
+			err = markedError{ve, mark}
+		}
+		fail(&jobs.LineError{Line: line, Err: err})
 	}
 	seenCustom := map[string]int{}
 	seenID := map[string]int{}
 	var entries []results.BatchEntry
+	requests := 0
 	for {
-		job, line, err := lj.next()
+		job, line, err := jr.Next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		var le *jobs.LineError
-		if errors.As(err, &le) {
+		if err != nil && !errors.As(err, &le) {
+			return nil, err
+		}
+		if requests++; bo.maxJobs > 0 && requests > bo.maxJobs {
+			berr.TooMany = bo.maxJobs
+			break
+		}
+		if le != nil {
 			fail(le)
 			if errors.Is(le, jobs.ErrLineTooLong) {
 				break // the scanner cannot go on past an over-long line
 			}
 			continue
 		}
-		if err != nil {
-			return nil, err
+		if bo.check != nil {
+			if err := bo.check(job); err != nil {
+				fail(&jobs.LineError{Line: line, Err: err})
+				continue
+			}
 		}
+		fillCustomID(job, line)
 		if first, ok := seenCustom[job.CustomID]; ok {
-			problem(line, "custom_id", "%q repeats line %d; custom ids must be unique in a batch", job.CustomID, first)
+			problem(line, ErrDuplicateCustomID, "custom_id", "%q repeats line %d; custom ids must be unique in a batch", job.CustomID, first)
 			continue
 		}
 		seenCustom[job.CustomID] = line
 		if job.BatchID != "" && job.BatchID != bo.batchID {
-			problem(line, "batch_id", "%q differs from the batch being enqueued (%q)", job.BatchID, bo.batchID)
+			problem(line, nil, "batch_id", "%q differs from the batch being enqueued (%q)", job.BatchID, bo.batchID)
 			continue
 		}
 		explicit := job.ID != ""
@@ -289,17 +363,17 @@ func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchE
 			if explicit {
 				what = "id"
 			}
-			problem(line, "id", "%s %q repeats line %d; job ids must be unique in a batch", what, id, first)
+			problem(line, nil, "id", "%s %q repeats line %d; job ids must be unique in a batch", what, id, first)
 			continue
 		}
 		seenID[id] = line
 		entries = append(entries, results.BatchEntry{JobID: id, Line: line})
 	}
-	if berr.Invalid > 0 {
+	if berr.Invalid > 0 || berr.TooMany > 0 {
 		return nil, berr
 	}
 	if len(entries) == 0 {
-		return nil, fmt.Errorf("batch %q: %w: the input holds no jobs", bo.batchID, jobs.ErrInvalid)
+		return nil, fmt.Errorf("batch %q: %w: %w", bo.batchID, jobs.ErrInvalid, ErrNoJobs)
 	}
 	return entries, nil
 }

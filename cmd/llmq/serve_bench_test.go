@@ -183,3 +183,107 @@ func peakRSS(t *testing.T, pid int) int64 {
 	t.Fatal("no VmHWM")
 	return 0
 }
+
+// Settings of the batch-creation benchmark (make bench-batchapi).
+const (
+	benchCreateRequests  = 50_000 // DefaultMaxRequests
+	benchCreateLineBytes = 4_100  // so the file is near the 200 MB limit
+)
+
+// TestBenchBatchAPICreate measures creating a batch from the largest input
+// a tenant may send (50,000 requests, ~195 MiB): the serve process's peak
+// RSS while the file is uploaded and while the batch is validated and
+// enqueued, and the time from create to in_progress. No worker runs, so
+// the jobs stay queued (the test's end removes them). It runs only with
+// LLMQ_BENCH_BATCHAPI=1.
+func TestBenchBatchAPICreate(t *testing.T) {
+	if os.Getenv("LLMQ_BENCH_BATCHAPI") == "" {
+		t.Skip("a benchmark: run with LLMQ_BENCH_BATCHAPI=1 (make bench-batchapi)")
+	}
+	p := newServeEnv(t, fakeupstream.Config{}, func(c *config.Config) { c.Serve.Tick = 250 * time.Millisecond })
+	pid, base := p.startServeProc()
+	alice := sdk(base, aliceKey)
+
+	idle := peakRSS(t, pid)
+	resetPeakRSS(t, pid)
+	t0 := time.Now()
+	id, size := streamLines(t, base, aliceKey, benchCreateRequests, func(w io.Writer, i int) error {
+		_, err := fmt.Fprintf(w, `{"custom_id":"req-%05d","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"%s"}],"max_tokens":16}}`+"\n",
+			i, strings.Repeat("x", benchCreateLineBytes-145))
+		return err
+	})
+	upTook := time.Since(t0)
+	upPeak := peakRSS(t, pid)
+	resetPeakRSS(t, pid)
+	t0 = time.Now()
+	b := createBatch(t, alice, id)
+	waitFor(t, "the batch to be enqueued", 10*time.Minute, func() bool {
+		got, err := alice.Batches.Get(ctx(t), b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = got
+		return got.Status != openai.BatchStatusValidating
+	})
+	createTook := time.Since(t0)
+	createPeak := peakRSS(t, pid)
+	if b.Status != openai.BatchStatusInProgress || b.RequestCounts.Total != benchCreateRequests {
+		t.Fatalf("batch %s", b.RawJSON())
+	}
+	t.Logf("create from %d requests (%.1f MiB): upload %.1fs, serve peak RSS %d MiB (idle %d MiB); validated and enqueued in %.1fs, serve peak RSS %d MiB",
+		benchCreateRequests, float64(size)/(1<<20), upTook.Seconds(), upPeak>>10, idle>>10, createTook.Seconds(), createPeak>>10)
+}
+
+// streamLines uploads n lines written by line as a multipart body through
+// a pipe, so neither side holds the file, and returns the file id and its
+// size.
+func streamLines(t *testing.T, base, key string, n int, line func(w io.Writer, i int) error) (string, int64) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		fw, err := mw.CreateFormFile("file", "big.jsonl")
+		if err == nil {
+			bw := bufio.NewWriterSize(fw, 1<<16)
+			for i := 0; i < n && err == nil; i++ {
+				err = line(bw, i)
+			}
+			if err == nil {
+				err = bw.Flush()
+			}
+		}
+		if err == nil {
+			err = mw.WriteField("purpose", "batch")
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/files", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	var f openai.FileObject
+	if res.StatusCode != http.StatusOK || f.UnmarshalJSON(body) != nil {
+		t.Fatalf("upload: %d %s", res.StatusCode, body)
+	}
+	return f.ID, f.Bytes
+}
+
+// resetPeakRSS resets a process's peak resident set (VmHWM) to its
+// current one, so the next peakRSS covers what happens from now on.
+func resetPeakRSS(t *testing.T, pid int) {
+	t.Helper()
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Fatalf("reset peak RSS: %v", err)
+	}
+}

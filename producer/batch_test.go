@@ -1,0 +1,116 @@
+package producer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/llmqtest"
+	"github.com/llmq/llmq/producer"
+)
+
+// endless is an input of valid lines far longer than any limit the tests
+// set (it ends after endlessLines, so a reader that does not stop on its
+// own fails the test rather than hanging it).
+type endless struct {
+	n   int
+	buf []byte
+}
+
+const endlessLines = 100_000
+
+func (e *endless) Read(p []byte) (int, error) {
+	if len(e.buf) == 0 {
+		if e.n == endlessLines {
+			return 0, io.EOF
+		}
+		e.n++
+		e.buf = fmt.Appendf(nil, `{"custom_id":"c%d","model":"m","messages":[{"role":"user","content":"q"}]}`+"\n", e.n)
+	}
+	n := copy(p, e.buf)
+	e.buf = e.buf[n:]
+	return n, nil
+}
+
+// MaxJobs stops reading at the first request over the limit, so an input
+// of any size is refused in bounded memory; nothing is enqueued.
+func TestBatchMaxJobsStopsReading(t *testing.T) {
+	env := llmqtest.Redis(t)
+	p := newProducer(t, env)
+	in := &endless{}
+	_, err := p.EnqueueBatch(context.Background(), in, producer.BatchID("big"), producer.MaxJobs(100), producer.SpoolDir(t.TempDir()))
+	var be *producer.BatchError
+	if !errors.As(err, &be) || be.TooMany != 100 || be.Invalid != 0 || !strings.Contains(err.Error(), "more than 100 requests") {
+		t.Fatalf("err = %v, want a *BatchError with TooMany 100", err)
+	}
+	if in.n > 200 {
+		t.Errorf("read %d lines for a limit of 100", in.n)
+	}
+	if n := queueSize(t, env); n != 0 {
+		t.Fatalf("queue holds %d tasks after a refused batch", n)
+	}
+	// At the limit, the batch goes through.
+	rep, err := p.EnqueueBatch(context.Background(), strings.NewReader(batchInput(100, nil)), producer.BatchID("full"), producer.MaxJobs(100))
+	if err != nil || rep.Jobs != 100 {
+		t.Fatalf("100 jobs at MaxJobs(100): %+v %v", rep, err)
+	}
+}
+
+// CheckLine sees each job as its line has it (no custom_id filled in);
+// OnProblem hears every problem in input order, where the BatchError lists
+// the first MaxReportedProblems; a repeated custom_id is marked.
+func TestBatchCheckLineAndOnProblem(t *testing.T) {
+	env := llmqtest.Redis(t)
+	p := newProducer(t, env)
+	errNoCustomID := errors.New("custom_id is required")
+	bad := map[int]string{3: `{"model":"m","messages":[{"role":"user","content":"no custom id"}]}`, 5: `{"custom_id":"c1","model":"m","messages":[{"role":"user","content":"dup"}]}`}
+	for i := 10; i < 10+producer.MaxReportedProblems+20; i++ {
+		bad[i] = `{broken`
+	}
+	var got []*jobs.LineError
+	_, err := p.EnqueueBatch(context.Background(), strings.NewReader(batchInput(200, bad)), producer.BatchID("hooks"),
+		producer.CheckLine(func(j *jobs.Job) error {
+			if j.CustomID == "" {
+				return errNoCustomID
+			}
+			return nil
+		}),
+		producer.OnProblem(func(le *jobs.LineError) { got = append(got, le) }))
+	var be *producer.BatchError
+	if !errors.As(err, &be) {
+		t.Fatalf("err = %v, want a *BatchError", err)
+	}
+	want := 2 + producer.MaxReportedProblems + 20
+	if len(got) != want || be.Invalid != want || len(be.Lines) != producer.MaxReportedProblems {
+		t.Fatalf("OnProblem heard %d problems, BatchError counts %d and lists %d; want %d, %d, %d",
+			len(got), be.Invalid, len(be.Lines), want, want, producer.MaxReportedProblems)
+	}
+	if got[0].Line != 3 || !errors.Is(got[0], errNoCustomID) {
+		t.Errorf("first problem %v, want line 3: the check's error", got[0])
+	}
+	var ve *jobs.ValidationError
+	if got[1].Line != 5 || !errors.Is(got[1], producer.ErrDuplicateCustomID) || !errors.As(got[1], &ve) || ve.Problems[0].Path != "custom_id" {
+		t.Errorf("second problem %v, want line 5: a duplicate custom_id", got[1])
+	}
+	for i, le := range got[2:] {
+		if le.Line != 10+i || errors.Is(le, producer.ErrDuplicateCustomID) {
+			t.Fatalf("problem %d: %v, want line %d", i+2, le, 10+i)
+		}
+	}
+	if n := queueSize(t, env); n != 0 {
+		t.Fatalf("queue holds %d tasks after a refused batch", n)
+	}
+}
+
+func TestBatchWithoutJobs(t *testing.T) {
+	env := llmqtest.Redis(t)
+	p := newProducer(t, env)
+	_, err := p.EnqueueBatch(context.Background(), strings.NewReader("\n  \n"), producer.BatchID("empty"))
+	if !errors.Is(err, producer.ErrNoJobs) || !errors.Is(err, jobs.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrNoJobs and jobs.ErrInvalid", err)
+	}
+}
