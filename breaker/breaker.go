@@ -199,6 +199,7 @@ type Breaker struct {
 	cfg    Config
 	allow  *redis.Script
 	record *redis.Script
+	peek   *redis.Script
 	id     string // distinguishes this Breaker's probe tokens
 	seq    atomic.Uint64
 	scope  string        // the key scope: Scope, plus id when PerProcess
@@ -271,7 +272,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Breaker, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, fmt.Errorf("breaker: reading random bytes for probe tokens failed: %w", err)
 	}
-	br := &Breaker{rdb: rdb, cfg: cfg, allow: redis.NewScript(allowLua), record: redis.NewScript(recordLua),
+	br := &Breaker{rdb: rdb, cfg: cfg, allow: redis.NewScript(allowLua), record: redis.NewScript(recordLua), peek: redis.NewScript(peekLua),
 		id: hex.EncodeToString(b[:]), scope: cfg.Scope}
 	br.nb = min(WindowBuckets, cfg.Window.Milliseconds())
 	br.width = time.Duration((cfg.Window.Milliseconds()+br.nb-1)/br.nb) * time.Millisecond

@@ -19,13 +19,18 @@ var peekLua string
 // settled true when the breaker was closed (allowed); settled false means
 // it is not closed (or the read failed) and the caller must ask Allow.
 //
-// The script is sent with EVAL, not EVALSHA: a pipeline cannot fall back
-// on NOSCRIPT (after a Redis restart or failover) within its one round trip.
+// The script is sent by its SHA1 (EVALSHA). A pipeline cannot fall back
+// on NOSCRIPT (after a Redis restart or failover) within its round trip:
+// that answer is unsettled (the caller asks Allow, which has not counted
+// the call yet) and loads the script for the next read.
 func (b *Breaker) AllowIn(ctx context.Context, pipe redis.Pipeliner, model string) func() (p Permit, settled bool) {
-	cmd := pipe.Eval(ctx, peekLua, []string{b.Key(model), b.windowKey(model)},
+	cmd := b.peek.EvalSha(ctx, pipe, []string{b.Key(model), b.windowKey(model)},
 		b.cfg.Now().UnixMilli(), b.ttl(), b.width.Milliseconds(), b.nb)
 	return func() (Permit, bool) {
 		res, err := cmd.Slice()
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			_ = b.peek.Load(ctx, b.rdb).Err() // on failure, the next read tries again
+		}
 		if err != nil || len(res) != 2 || toInt(res[0]) != 1 {
 			return Permit{Model: model}, false
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -111,10 +112,14 @@ func FuzzDecode(f *testing.F) {
 		f.Add([]byte(p))
 	}
 	f.Fuzz(func(t *testing.T, payload []byte) {
-		j, err := jobs.Decode(payload)
+		j, req, err := jobs.DecodeRequest(payload)
 		if err != nil {
 			requireRejection(t, err)
 			return
+		}
+		// The view read with the validation is the one Request reads.
+		if again, err := j.Request(); err != nil || !reflect.DeepEqual(again, req) {
+			t.Fatalf("DecodeRequest's request %+v differs from Request's %+v (%v)", req, again, err)
 		}
 		if err := j.Validate(); err != nil {
 			t.Fatalf("Decode accepted a job Validate rejects: %v", err)

@@ -54,14 +54,23 @@ func (j *Job) Encode() ([]byte, error) {
 // Decode parses a task payload into a Job and validates it. An error means
 // the payload can never be run (it is poison): the worker dead-letters it.
 func Decode(payload []byte) (*Job, error) {
+	j, _, err := DecodeRequest(payload)
+	return j, err
+}
+
+// DecodeRequest is Decode that also returns the typed view of the job's
+// body (what Request returns), read once with the validation: the
+// worker's path, which needs both.
+func DecodeRequest(payload []byte) (*Job, *Request, error) {
 	var j Job
 	if err := json.Unmarshal(payload, &j); err != nil {
-		return nil, &ValidationError{Problems: []Problem{{Path: fieldOf(err, "(payload)"), Message: "cannot decode the job payload: " + jsonReason(err)}}}
+		return nil, nil, &ValidationError{Problems: []Problem{{Path: fieldOf(err, "(payload)"), Message: "cannot decode the job payload: " + jsonReason(err)}}}
 	}
-	if err := j.validate(false); err != nil {
-		return nil, err
+	req, err := j.validate(false)
+	if err != nil {
+		return nil, nil, err
 	}
-	return &j, nil
+	return &j, req, nil
 }
 
 // Request decodes the parts of the body llmq reads. Call it on a validated

@@ -56,7 +56,12 @@ func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
 // Roles are the message roles the chat-completions API accepts.
 var roles = []string{"system", "user", "assistant", "tool", "developer"}
 
-type checker struct{ problems []Problem }
+// checker collects a job's problems; req is the typed view of its body,
+// read while checking it (nil when the body is not an object).
+type checker struct {
+	problems []Problem
+	req      *Request
+}
 
 func (c *checker) add(path, format string, args ...any) {
 	c.problems = append(c.problems, Problem{Path: path, Message: fmt.Sprintf(format, args...)})
@@ -68,13 +73,16 @@ func (c *checker) add(path, format string, args ...any) {
 // that a job id holding IDSeparator is the one JobID gives its batch and
 // custom_id, that max_attempts is at most MaxAttempts and the fallback list
 // at most MaxFallbacks long.
-func (j *Job) Validate() error { return j.validate(true) }
+func (j *Job) Validate() error {
+	_, err := j.validate(true)
+	return err
+}
 
 // validate checks j; with enqueue false (a payload already in Redis, read by
 // the worker) it skips the id-shape rules added after jobs were enqueued
 // without them, so a running batch is never turned into poison by an
-// upgrade.
-func (j *Job) validate(enqueue bool) error {
+// upgrade. It returns the typed view of the body it read (see Request).
+func (j *Job) validate(enqueue bool) (*Request, error) {
 	c := &checker{}
 	c.id("id", j.ID, true)
 	c.id("custom_id", j.CustomID, false)
@@ -99,9 +107,9 @@ func (j *Job) validate(enqueue bool) error {
 	}
 	c.body(j.Body)
 	if len(c.problems) > 0 {
-		return &ValidationError{Problems: c.problems}
+		return nil, &ValidationError{Problems: c.problems}
 	}
-	return nil
+	return c.req, nil
 }
 
 func (c *checker) id(path, v string, required bool) {
@@ -138,7 +146,10 @@ func (c *checker) body(body json.RawMessage) {
 	defer func() {
 		// The worker reads the body through Request, whose keys match case-insensitively.
 		var r Request
-		if err := json.Unmarshal(body, &r); err != nil && len(c.problems) == before {
+		err := json.Unmarshal(body, &r)
+		if err == nil {
+			c.req = &r
+		} else if len(c.problems) == before {
 			c.add(fieldOf(err, "body"), "cannot be read as a chat-completions request: %s (keys that differ only in letter case, such as \"model\" and \"MODEL\", collide)", jsonReason(err))
 		}
 	}()

@@ -2,11 +2,13 @@ package metrics_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -355,8 +357,28 @@ func TestServerServesMetricsAndHealth(t *testing.T) {
 	if err := metrics.Probe(context.Background(), srv.Addr()); err != nil {
 		t.Fatalf("Probe of a healthy worker: %v", err)
 	}
-	if _, err := metrics.Listen(srv.Addr(), m, nil); err == nil || !strings.Contains(err.Error(), "LLMQ_METRICS_ADDR") {
-		t.Errorf("second Listen on a busy address: %v; want an error naming LLMQ_METRICS_ADDR", err)
+	// The library says what failed; the command adds where to change it.
+	if _, err := metrics.Listen(srv.Addr(), m, nil); !errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "LLMQ_METRICS_ADDR") {
+		t.Errorf("second Listen on a busy address: %v; want EADDRINUSE without CLI advice", err)
+	}
+	// Profiles only when asked for.
+	if code, _ := get(t, base+"/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without WithPprof: %d, want 404", code)
+	}
+	prof, err := metrics.Listen("127.0.0.1:0", m, nil, metrics.WithPprof())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, pcancel := context.WithCancel(context.Background())
+	pdone := make(chan error, 1)
+	go func() { pdone <- prof.Serve(pctx) }()
+	code, body = get(t, "http://"+prof.Addr()+"/debug/pprof/")
+	pcancel()
+	if err := <-pdone; err != nil {
+		t.Errorf("Serve after cancel: %v", err)
+	}
+	if code != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/ with WithPprof: %d\n%s", code, body)
 	}
 }
 

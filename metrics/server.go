@@ -7,13 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 )
-
-// DefaultAddr is where a worker serves /metrics and /healthz unless told
-// otherwise (worker.metrics_addr, LLMQ_METRICS_ADDR, --metrics-addr).
-const DefaultAddr = ":9464"
 
 // HealthTimeout bounds the health check behind /healthz.
 const HealthTimeout = time.Second
@@ -35,13 +32,29 @@ type Server struct {
 	srv *http.Server
 }
 
+// ListenOption changes what a Server serves.
+type ListenOption func(*http.ServeMux)
+
+// WithPprof adds Go's profiles (net/http/pprof) under /debug/pprof/. They
+// reveal the process's memory and cost CPU while taken: serve them only
+// when asked for (worker.pprof).
+func WithPprof() ListenOption {
+	return func(mux *http.ServeMux) {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+}
+
 // Listen binds addr and returns a Server ready to Serve: /metrics serves m,
 // /healthz answers 200 "ok" while health returns nil within HealthTimeout
 // and 503 with the error otherwise. A nil health is always healthy.
-func Listen(addr string, m *Metrics, health HealthFunc) (*Server, error) {
+func Listen(addr string, m *Metrics, health HealthFunc, opts ...ListenOption) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: listen on %q: %w (choose a free address with --metrics-addr or LLMQ_METRICS_ADDR, or \"off\")", addr, err)
+		return nil, fmt.Errorf("metrics: listen on %q: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
@@ -53,6 +66,9 @@ func Listen(addr string, m *Metrics, health HealthFunc) (*Server, error) {
 		}
 		_, _ = io.WriteString(w, "llmq worker: /metrics (Prometheus), /healthz (200 while Redis answers)\n")
 	})
+	for _, o := range opts {
+		o(mux)
+	}
 	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
 }
 

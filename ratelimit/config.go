@@ -118,8 +118,8 @@ type Config struct {
 	// "default"); two accounts' budgets are independent.
 	Account string
 	// Budgets are keyed by model; DefaultModel ("default") applies to models
-	// without an entry. A model with neither gets ErrNoBudget: write
-	// default: {} to run unlimited on purpose.
+	// without an entry. A model with neither gets a *NoBudgetError; a zero
+	// Budget under DefaultModel runs every other model unlimited.
 	Budgets map[string]Budget
 	// MaxWait is the longest Acquire blocks; a longer wait returns a
 	// *WaitError (default 5 s).

@@ -7,16 +7,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/llmq/llmq/jobs"
 )
 
 //go:embed budget.lua
@@ -28,9 +24,25 @@ var budgetLua string
 // lower its max_tokens, or raise the budget's burst.
 var ErrTooLarge = errors.New("ratelimit: cost exceeds the budget's capacity")
 
-// ErrNoBudget is returned (wrapped with the model) for a model that has no
-// budget of its own and no "default" budget is configured.
+// ErrNoBudget is matched (errors.Is) by the error for a model that has no
+// budget of its own while no "default" budget is configured: a
+// *NoBudgetError from Reserve, Acquire and Usage.
 var ErrNoBudget = errors.New("ratelimit: no budget for model")
+
+// NoBudgetError says that Model has no budget: no entry of its own in
+// Config.Budgets, and no DefaultModel entry. It matches ErrNoBudget.
+type NoBudgetError struct {
+	// Model is the model asked for.
+	Model string
+}
+
+// Error implements error.
+func (e *NoBudgetError) Error() string {
+	return fmt.Sprintf("%v %q and no %q budget", ErrNoBudget, e.Model, DefaultModel)
+}
+
+// Is reports that a NoBudgetError is an ErrNoBudget.
+func (e *NoBudgetError) Is(target error) bool { return target == ErrNoBudget }
 
 // Backoff bounds of Acquire's retries while Redis fails.
 const (
@@ -46,9 +58,6 @@ type Cost struct {
 	// counts it when the request arrives.
 	Tokens int64
 }
-
-// JobCost returns the cost of one request estimated by jobs.Estimator.
-func JobCost(c jobs.Cost) Cost { return Cost{Requests: 1, Tokens: int64(c.Total())} }
 
 // Reservation is the answer to Reserve or Acquire.
 type Reservation struct {
@@ -126,37 +135,6 @@ type ServerView struct {
 // NoServerView returns a ServerView with every field unknown.
 func NoServerView() ServerView {
 	return ServerView{RemainingRequests: -1, RemainingTokens: -1, ResetRequests: -1, ResetTokens: -1, LimitRequests: -1, LimitTokens: -1}
-}
-
-// ServerViewFromHeader reads OpenAI's x-ratelimit-limit-{requests,tokens},
-// x-ratelimit-remaining-{requests,tokens} and x-ratelimit-reset-{requests,tokens} headers (resets like "1s", "6m0s",
-// "20ms", or plain seconds). Absent or unparsable headers are unknown (-1).
-func ServerViewFromHeader(h http.Header) ServerView {
-	v := NoServerView()
-	count := func(name string) int64 {
-		n, err := strconv.ParseInt(strings.TrimSpace(h.Get(name)), 10, 64)
-		if err != nil || n < 0 {
-			return -1
-		}
-		return n
-	}
-	dur := func(name string) time.Duration {
-		s := strings.TrimSpace(h.Get(name))
-		if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-			return d
-		}
-		if f, err := strconv.ParseFloat(s, 64); err == nil && f >= 0 {
-			return time.Duration(f * float64(time.Second))
-		}
-		return -1
-	}
-	v.LimitRequests = count("x-ratelimit-limit-requests")
-	v.LimitTokens = count("x-ratelimit-limit-tokens")
-	v.RemainingRequests = count("x-ratelimit-remaining-requests")
-	v.RemainingTokens = count("x-ratelimit-remaining-tokens")
-	v.ResetRequests = dur("x-ratelimit-reset-requests")
-	v.ResetTokens = dur("x-ratelimit-reset-tokens")
-	return v
 }
 
 // Snapshot is a budget's state at one instant, for `llmq status` and
@@ -243,7 +221,7 @@ func (l *Limiter) check(model string, cost Cost) (Budget, error) {
 	}
 	b, ok := l.Budget(model)
 	if !ok {
-		return Budget{}, fmt.Errorf("%w %q and no %q budget: add budgets.%s (or budgets.default: {} for unlimited)", ErrNoBudget, model, DefaultModel, model)
+		return Budget{}, &NoBudgetError{Model: model}
 	}
 	rc, tc := b.units(l.cfg.Transit)
 	if b.BurstTokens == 0 {
@@ -492,7 +470,7 @@ func (l *Limiter) Cooldown(ctx context.Context, model string, until time.Time) e
 func (l *Limiter) Usage(ctx context.Context, model string) (Snapshot, error) {
 	b, ok := l.Budget(model)
 	if !ok {
-		return Snapshot{}, fmt.Errorf("%w %q and no %q budget", ErrNoBudget, model, DefaultModel)
+		return Snapshot{}, &NoBudgetError{Model: model}
 	}
 	now := l.cfg.Now()
 	out, err := l.run(ctx, "usage", model, b, now)

@@ -3,7 +3,6 @@ package ratelimit
 import (
 	"context"
 	"errors"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -289,25 +288,6 @@ func otherProcess(t *testing.T, l *Limiter) *Limiter {
 	return other
 }
 
-func TestServerViewFromHeader(t *testing.T) {
-	h := http.Header{}
-	h.Set("x-ratelimit-remaining-requests", "59")
-	h.Set("x-ratelimit-remaining-tokens", "149984")
-	h.Set("x-ratelimit-reset-requests", "6m0s")
-	h.Set("x-ratelimit-reset-tokens", "20ms")
-	want := ServerView{59, 149984, 6 * time.Minute, 20 * time.Millisecond, -1, -1}
-	if got := ServerViewFromHeader(h); got != want {
-		t.Errorf("ServerViewFromHeader = %+v, want %+v", got, want)
-	}
-	h = http.Header{}
-	h.Set("x-ratelimit-reset-tokens", "1.5")
-	h.Set("x-ratelimit-remaining-tokens", "lots")
-	want = ServerView{-1, -1, -1, 1500 * time.Millisecond, -1, -1}
-	if got := ServerViewFromHeader(h); got != want {
-		t.Errorf("ServerViewFromHeader = %+v, want %+v", got, want)
-	}
-}
-
 func TestCooldown(t *testing.T) {
 	l, clk := newTest(t, Budget{RPM: 600, TPM: 60_000})
 	other := otherProcess(t, l)
@@ -376,8 +356,16 @@ func TestTooLarge(t *testing.T) {
 
 func TestNoBudget(t *testing.T) {
 	l, _ := newTest(t, Budget{RPM: 10})
-	if _, err := l.Reserve(ctx, "other-model", Cost{1, 1}); !errors.Is(err, ErrNoBudget) {
-		t.Fatalf("Reserve = %v, want ErrNoBudget", err)
+	_, err := l.Reserve(ctx, "other-model", Cost{1, 1})
+	var nb *NoBudgetError
+	if !errors.Is(err, ErrNoBudget) || !errors.As(err, &nb) || nb.Model != "other-model" {
+		t.Fatalf("Reserve = %v, want a *NoBudgetError naming other-model (ErrNoBudget)", err)
+	}
+	if strings.Contains(err.Error(), "budgets.") {
+		t.Errorf("library error %q gives configuration-file advice (the CLI adds it)", err)
+	}
+	if _, err := l.Usage(ctx, "other-model"); !errors.As(err, &nb) || nb.Model != "other-model" {
+		t.Errorf("Usage = %v, want a *NoBudgetError", err)
 	}
 	l2, _ := newTest(t, Budget{}, func(c *Config) { c.Budgets = map[string]Budget{DefaultModel: {RPM: 1, BurstRequests: 1}} })
 	if r, err := l2.Reserve(ctx, "other-model", Cost{1, 1}); err != nil || !r.OK {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/llmqtest"
 	"github.com/llmq/llmq/results"
@@ -143,5 +145,37 @@ func TestCountersAreIdempotent(t *testing.T) {
 	}
 	if st, _ := s.Batch(ctx, "b"); st.Succeeded != 2 || !st.Done() {
 		t.Fatalf("batch %+v, want the stored success counted", st)
+	}
+}
+
+// With's commands go in the save's pipeline, with the record as stored.
+func TestSaveWithQueuesCommandsBesideTheSave(t *testing.T) {
+	env := llmqtest.Redis(t)
+	ctx := context.Background()
+	s := results.NewStore(env.Client, env.Prefix, time.Hour)
+	if _, err := s.AddToBatch(ctx, "w", []results.BatchEntry{{JobID: "w:1", Line: 1}, {JobID: "w:2", Line: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"w:1", "w:2"} {
+		side := env.Prefix + ":side:" + id
+		var cmd *redis.IntCmd
+		tr, err := s.Save(ctx, &jobs.Result{JobID: id, BatchID: "w", Status: jobs.StatusSucceeded},
+			results.With(func(pipe redis.Pipeliner, record []byte) { cmd = pipe.HSet(ctx, side, "result", record) }))
+		if err != nil || tr != results.Created {
+			t.Fatalf("%s: Save = %v %v, want created", id, tr, err)
+		}
+		if cmd == nil || cmd.Err() != nil {
+			t.Fatalf("%s: With's command did not run: %v", id, cmd)
+		}
+		stored, err := env.Client.Get(ctx, env.Prefix+":result:"+id).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := env.Client.HGet(ctx, side, "result").Result(); err != nil || got != stored {
+			t.Errorf("%s: With got %q (%v), want the stored record %q", id, got, err, stored)
+		}
+	}
+	if st, err := s.Batch(ctx, "w"); err != nil || st.Succeeded != 2 {
+		t.Errorf("batch %+v %v, want both counted", st, err)
 	}
 }

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -109,6 +111,7 @@ type Client struct {
 	stream            bool
 	noStream          map[string]bool
 	est               *jobs.Estimator
+	readers           *sync.Pool // *bufio.Reader of streamBufSize, for readStream (shared by copies)
 }
 
 // New returns a Client for cfg, or an error naming the bad field.
@@ -152,6 +155,7 @@ func New(cfg Config) (*Client, error) {
 	for _, m := range cfg.NoStreamModels {
 		c.noStream[m] = true
 	}
+	c.readers = &sync.Pool{New: func() any { return bufio.NewReaderSize(nil, streamBufSize) }}
 	if cfg.Azure != nil {
 		az := *cfg.Azure
 		if az.APIVersion == "" {

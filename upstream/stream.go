@@ -121,6 +121,10 @@ func stalled(ctx context.Context) *stallError {
 	return nil
 }
 
+// streamBufSize is the read buffer of a streamed answer; Client.readers
+// recycles them, so a call allocates none.
+const streamBufSize = 32 << 10
+
 // sseEvent is one server-sent event.
 type sseEvent struct {
 	name string
@@ -202,8 +206,14 @@ type streamResult struct {
 // readStream reads an SSE chat-completions stream to its [DONE] and
 // assembles it. headerless errors are classified by the caller.
 func (c *Client) readStream(body io.Reader, wd *watchdog) (*streamResult, error) {
+	br := c.readers.Get().(*bufio.Reader)
+	br.Reset(body)
+	defer func() {
+		br.Reset(nil) // nothing read from it outlives the call: ReadBytes copies
+		c.readers.Put(br)
+	}()
 	sr := &sseReader{
-		r:     bufio.NewReaderSize(body, 32<<10),
+		r:     br,
 		alive: func() { wd.arm(c.idleTimeout, KindStreamStall, "stream event") },
 		limit: maxResponseBody,
 	}

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -65,14 +64,11 @@ func (w *Worker) decode(ctx context.Context, t *asynq.Task) (*attempt, *verdict)
 		a.foreign = true
 		return a, dead(policy.ClassInvalidPayload, fmt.Sprintf("unknown task type %q in an llmq queue: llmq workers run %q tasks only", t.Type(), jobs.TaskType))
 	}
-	job, err := jobs.Decode(t.Payload())
+	job, req, err := jobs.DecodeRequest(t.Payload())
 	if err != nil {
 		return a, dead(policy.ClassInvalidPayload, fmt.Sprintf("undecodable payload (%d bytes): %v", len(t.Payload()), err))
 	}
-	a.job = job
-	if a.req, err = job.Request(); err != nil {
-		return a, dead(policy.ClassInvalidPayload, err.Error())
-	}
+	a.job, a.req = job, req
 	if job.MaxAttempts > 0 {
 		a.max = job.MaxAttempts
 	}
@@ -175,14 +171,26 @@ func (w *Worker) saveSuccess(ctx context.Context, a *attempt, v *verdict) error 
 		}
 		return w.results.Count(context.WithoutCancel(ctx), a.job.BatchID, a.job.ID, jobs.StatusSucceeded)
 	}
-	b, _, err := w.store(ctx, v.result)
-	if err != nil {
+	var (
+		opts   []results.SaveOption
+		onTask *redis.IntCmd
+	)
+	if key, ok := taskKey(ctx, a); ok && ctx.Err() == nil {
+		// On the asynq task too (asynqmon shows it), in the save's round
+		// trip; like asynq's ResultWriter, not once the task's run is over.
+		opts = append(opts, results.With(func(pipe redis.Pipeliner, record []byte) {
+			onTask = pipe.HSet(ctx, key, taskResultField, record)
+		}))
+	}
+	if _, err := w.store(ctx, v.result, opts...); err != nil {
 		return err
+	}
+	if onTask != nil && onTask.Err() != nil {
+		w.log.Warn().Err(onTask.Err()).Str("job_id", a.job.ID).Msg("could not write the result to the asynq task")
 	}
 	if v.resp != nil {
 		w.remember(ctx, a, v.resp)
 	}
-	w.writeTaskResult(a, b)
 	return nil
 }
 
@@ -190,7 +198,8 @@ func (w *Worker) saveSuccess(ctx context.Context, a *attempt, v *verdict) error 
 // error.
 func (w *Worker) saveFailure(ctx context.Context, a *attempt, v *verdict) error {
 	res := failureRecord(a, v, w.now())
-	b, t, err := w.store(ctx, res)
+	var b []byte
+	t, err := w.store(ctx, res, results.With(func(_ redis.Pipeliner, record []byte) { b = record }))
 	if err != nil {
 		w.log.Error().Err(err).Str("job_id", a.job.ID).Msg("could not store the failed result")
 		return err
@@ -203,28 +212,43 @@ func (w *Worker) saveFailure(ctx context.Context, a *attempt, v *verdict) error 
 	return nil
 }
 
-// store saves a result and returns it encoded. Redis may be away for a
-// moment (a restart, a failover): rather than lose a paid-for response or
-// a job's final failure, it keeps trying for up to SaveGrace, even through
-// a shutdown.
-func (w *Worker) store(ctx context.Context, res *jobs.Result) ([]byte, results.Transition, error) {
+// store saves a result (with opts: see results.With). Redis may be away
+// for a moment (a restart, a failover): rather than lose a paid-for
+// response or a job's final failure, it keeps trying for up to SaveGrace,
+// even through a shutdown.
+func (w *Worker) store(ctx context.Context, res *jobs.Result, opts ...results.SaveOption) (results.Transition, error) {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SaveGrace)
 	defer cancel()
 	delay := saveRetryMin
 	for {
-		t, err := w.results.Save(sctx, res)
+		t, err := w.results.Save(sctx, res, opts...)
 		if err == nil {
-			b, _ := json.Marshal(res)
-			return b, t, nil
+			return t, nil
 		}
 		w.log.Warn().Err(err).Str("job_id", res.JobID).Msg("could not store a result yet; retrying while Redis recovers")
 		select {
 		case <-sctx.Done():
-			return nil, t, err
+			return t, err
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, saveRetryMax)
 	}
+}
+
+// taskResultField is the field of an asynq task's hash that holds its
+// result (what asynq's ResultWriter writes, and asynqmon shows).
+const taskResultField = "result"
+
+// taskKey returns the Redis key of the asynq task a runs as: asynq's
+// "asynq:{<queue>}:t:<id>" (internal/base.TaskKey, under the queue's hash
+// tag), so the worker can write the task's result in the round trip that
+// stores the job's. A test reads it back through asynq's Inspector.
+func taskKey(ctx context.Context, a *attempt) (string, bool) {
+	queue, ok := asynq.GetQueueName(ctx)
+	if !ok || a.task == nil || a.task.ResultWriter() == nil {
+		return "", false
+	}
+	return "asynq:{" + queue + "}:t:" + a.task.ResultWriter().TaskID(), true
 }
 
 // writeTaskResult stores the record on the asynq task too, so asynqmon shows

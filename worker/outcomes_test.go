@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,6 +33,12 @@ func TestRetryThenSuccess(t *testing.T) {
 	info := h.waitState("j", asynq.TaskStateCompleted)
 	if info.Retried != 2 {
 		t.Errorf("asynq retried = %d, want 2", info.Retried)
+	}
+	// The record is on the asynq task too (written in the save's round
+	// trip), for asynqmon.
+	var onTask jobs.Result
+	if err := json.Unmarshal(info.Result, &onTask); err != nil || onTask.JobID != "j" || onTask.Status != jobs.StatusSucceeded || onTask.Attempts != 3 {
+		t.Errorf("asynq task result %s (%v), want the stored success record", info.Result, err)
 	}
 	if n := h.fake.Stats().Requests; n != 3 {
 		t.Errorf("upstream saw %d requests, want 3", n)

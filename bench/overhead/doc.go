@@ -11,7 +11,11 @@
 //
 //	make bench-overhead
 //	go run ./bench/overhead -bin bin/llmq -jobs 4000 -concurrency 32 -runs 3
+//	go run ./bench/overhead -bin bin/llmq -profile /tmp/prof   # + the llmq worker's pprof of its last run
 //
 // The baseline runs as a subprocess of this command (-baseline-worker), so
-// that both workers are measured the same way from /proc.
+// that both workers are measured the same way from /proc. With -profile the last
+// llmq run serves its profiles (worker.pprof) and the bench saves a CPU and an
+// allocation profile of its drain (go tool pprof -top bin/llmq DIR/cpu.pprof);
+// the profiler costs that run a few percent.
 package main

@@ -34,6 +34,8 @@ const (
 	pollEvery = 5 * time.Millisecond
 	// drainLimit bounds one run.
 	drainLimit = 5 * time.Minute
+	// defaultProfileFor is -profile-for: longer than a default run drains.
+	defaultProfileFor = 10 * time.Second
 )
 
 type options struct {
@@ -42,6 +44,8 @@ type options struct {
 	concurrency int
 	runs        int
 	keepLogs    bool
+	profileDir  string
+	profileFor  time.Duration
 
 	// -baseline-worker mode (the bench starts itself as the baseline).
 	baselineWorker bool
@@ -57,6 +61,8 @@ func main() {
 	flag.IntVar(&o.concurrency, "concurrency", defaultConcurrency, "handler concurrency of each worker process")
 	flag.IntVar(&o.runs, "runs", defaultRuns, "runs per worker kind; the best is reported")
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "print each llmq worker's log after its run")
+	flag.StringVar(&o.profileDir, "profile", "", "write the llmq worker's CPU and allocation profiles of its last run to this directory (cpu.pprof, allocs.pprof; worker.pprof on)")
+	flag.DurationVar(&o.profileFor, "profile-for", defaultProfileFor, "how long the profiles of -profile cover from the start of the drain (idle time adds no CPU samples)")
 	flag.BoolVar(&o.baselineWorker, "baseline-worker", false, "internal: run the plain asynq baseline worker")
 	flag.StringVar(&o.redisAddr, "redis", "", "internal: Redis address of the baseline worker")
 	flag.StringVar(&o.queue, "queue", "", "internal: queue of the baseline worker")
@@ -75,10 +81,12 @@ func main() {
 	}
 }
 
-// kind is one of the two workers measured.
+// kind is one of the two workers measured. start starts one process of
+// it; with profile set (llmq only) it serves its profiles, and pprof is
+// their base URL.
 type kind struct {
 	name  string
-	start func(o options, queue, url string) (*exec.Cmd, *os.File, error)
+	start func(o options, queue, url string, profile bool) (cmd *exec.Cmd, log *os.File, pprof string, err error)
 }
 
 // measurement is one run's figures.
@@ -118,20 +126,30 @@ func run(o options) error {
 		return err
 	}
 	kinds := []kind{
-		{"plain asynq handler", func(o options, queue, url string) (*exec.Cmd, *os.File, error) {
-			return startProc(dir, queue, self, []string{"-baseline-worker", "-redis", o.redisAddr, "-queue", queue, "-prefix", queue,
+		{"plain asynq handler", func(o options, queue, url string, _ bool) (*exec.Cmd, *os.File, string, error) {
+			cmd, logf, err := startProc(dir, queue, self, []string{"-baseline-worker", "-redis", o.redisAddr, "-queue", queue, "-prefix", queue,
 				"-url", url, "-concurrency", fmt.Sprint(o.concurrency)}, nil)
+			return cmd, logf, "", err
 		}},
-		{"llmq worker", func(o options, queue, url string) (*exec.Cmd, *os.File, error) {
+		{"llmq worker", func(o options, queue, url string, profile bool) (*exec.Cmd, *os.File, string, error) {
 			cfg := filepath.Join(dir, queue+".yaml")
-			yml := fmt.Sprintf("prefix: %s\nqueue: %s\nworker:\n  concurrency: %d\n  queues: {%s: 1}\n  shutdown_timeout: 5s\n",
-				queue, queue, o.concurrency, queue)
-			if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
-				return nil, nil, err
+			metricsAddr, pprofURL := "127.0.0.1:0", ""
+			if profile {
+				addr, err := freeAddr()
+				if err != nil {
+					return nil, nil, "", err
+				}
+				metricsAddr, pprofURL = addr, "http://"+addr+"/debug/pprof/"
 			}
-			return startProc(dir, queue, o.bin, []string{"worker"}, []string{"LLMQ_CONFIG=" + cfg,
+			yml := fmt.Sprintf("prefix: %s\nqueue: %s\nworker:\n  concurrency: %d\n  queues: {%s: 1}\n  shutdown_timeout: 5s\n  pprof: %t\n",
+				queue, queue, o.concurrency, queue, profile)
+			if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
+				return nil, nil, "", err
+			}
+			cmd, logf, err := startProc(dir, queue, o.bin, []string{"worker"}, []string{"LLMQ_CONFIG=" + cfg,
 				"LLMQ_REDIS_URL=redis://" + o.redisAddr + "/0", "OPENAI_BASE_URL=" + url, "OPENAI_API_KEY=" + benchKey,
-				"LLMQ_API_KEY_FILE=", "LLMQ_RPM=", "LLMQ_TPM=", "LLMQ_METRICS_ADDR=127.0.0.1:0", "LOG_LEVEL=info", "LLMQ_ENV=prod"})
+				"LLMQ_API_KEY_FILE=", "LLMQ_RPM=", "LLMQ_TPM=", "LLMQ_METRICS_ADDR=" + metricsAddr, "LOG_LEVEL=info", "LLMQ_ENV=prod"})
+			return cmd, logf, pprofURL, err
 		}},
 	}
 	fmt.Printf("bench-overhead: %d jobs per run, 1 process × %d, instant fake upstream, own redis-server %s, best of %d\n",
@@ -140,7 +158,8 @@ func run(o options) error {
 	for r := range o.runs {
 		for k, kd := range kinds { // interleaved, so load on the machine hits both alike
 			queue := fmt.Sprintf("ovh%d%c", r, 'a'+k)
-			m, err := measure(ctx, o, rs, fake, kd, queue, url)
+			profile := o.profileDir != "" && k == len(kinds)-1 && r == o.runs-1
+			m, err := measure(ctx, o, rs, fake, kd, queue, url, profile)
 			if err != nil {
 				return fmt.Errorf("%s, run %d: %w", kd.name, r+1, err)
 			}
@@ -172,7 +191,7 @@ func perJobMS(d time.Duration, jobs int) float64 {
 }
 
 // measure runs one batch through one worker process.
-func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream.Server, kd kind, queue, url string) (*measurement, error) {
+func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream.Server, kd kind, queue, url string, profile bool) (*measurement, error) {
 	rdb := redis.NewClient(&redis.Options{Addr: rs.addr})
 	defer rdb.Close()
 	insp := asynq.NewInspectorFromRedisClient(rdb)
@@ -193,7 +212,7 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	if rep.Enqueued != o.jobs {
 		return nil, fmt.Errorf("enqueued %d of %d jobs", rep.Enqueued, o.jobs)
 	}
-	cmd, logf, err := kd.start(o, queue, url)
+	cmd, logf, pprofURL, err := kd.start(o, queue, url, profile)
 	if err != nil {
 		return nil, err
 	}
@@ -221,6 +240,10 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	if err != nil {
 		return nil, err
 	}
+	var profiles <-chan error
+	if pprofURL != "" {
+		profiles = takeProfiles(pprofURL, o.profileFor, o.profileDir)
+	}
 	if err := insp.UnpauseQueue(queue); err != nil {
 		return nil, fmt.Errorf("unpause queue: %w", err)
 	}
@@ -240,6 +263,12 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	cs1, err := commandStats(ctx, rdb)
 	if err != nil {
 		return nil, err
+	}
+	if profiles != nil {
+		if err := <-profiles; err != nil {
+			return nil, err
+		}
+		fmt.Printf("  profiles of the llmq worker's run %s: %s (go tool pprof -top %s)\n", queue, o.profileDir, filepath.Join(o.profileDir, "cpu.pprof"))
 	}
 	m.upstreamCalls = fake.Stats().Requests - calls0
 	m.workerCPU, m.redisCPU = wcpu1-wcpu0, rcpu1-rcpu0

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"sort"
 
 	"github.com/hibiken/asynq"
@@ -41,9 +42,13 @@ func (a *app) startMetrics(rdb redis.UniversalClient, limiter *ratelimit.Limiter
 	if err := m.WatchHold(a.cfg.Upstream.Account, hold.NewStore(rdb, a.cfg.Prefix)); err != nil {
 		return nil, nil, err
 	}
-	srv, err := metrics.Listen(addr, m, func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	var opts []metrics.ListenOption
+	if a.cfg.Worker.Pprof {
+		opts = append(opts, metrics.WithPprof())
+	}
+	srv, err := metrics.Listen(addr, m, func(ctx context.Context) error { return rdb.Ping(ctx).Err() }, opts...)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%w (choose a free address with --metrics-addr or LLMQ_METRICS_ADDR, or \"off\")", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -126,7 +126,7 @@ func (a *app) printBudgets(ctx context.Context, rdb redis.UniversalClient) error
 		}
 		snap, err := lim.Usage(ctx, model)
 		if err != nil {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%v\t\t\t\n", model, applies, b.RPM, b.TPM, err)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%v\t\t\t\n", model, applies, b.RPM, b.TPM, budgetHint(err))
 			continue
 		}
 		cool := "-"
@@ -209,4 +209,14 @@ func (a *app) fakeUpstreamCmd() *cobra.Command {
 	cmd.Flags().StringVar(&faults, "faults", "", "fault spec, e.g. \"503,503,200\" or \"random:500=5%,reset=2%\"")
 	cmd.Flags().StringVar(&apiKey, "api-key", "", "accept only this API key (default: any non-empty key)")
 	return cmd
+}
+
+// budgetHint adds to a budget error the configuration that cures it: the
+// ratelimit package names the model, the command names the settings.
+func budgetHint(err error) error {
+	var nb *ratelimit.NoBudgetError
+	if errors.As(err, &nb) {
+		return fmt.Errorf("%w: add budgets.%s (or budgets.default: {} for unlimited)", err, nb.Model)
+	}
+	return err
 }
