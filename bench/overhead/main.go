@@ -94,6 +94,7 @@ type measurement struct {
 	rate                  float64 // jobs/s from the first dequeue to the last job done
 	workerCPU, redisCPU   time.Duration
 	commands              map[string]int64 // Redis command calls during the run
+	commandUsec           map[string]int64 // their Redis time (µs), the bench's polls left out
 	jobs                  int
 	upstreamCalls         int64
 	workerLog             string
@@ -182,6 +183,7 @@ func run(o options) error {
 	fmt.Printf("ratio llmq/plain: %.2f× (target ≥ 0.80×)\n\n", best[1].rate/best[0].rate)
 	for k, kd := range kinds {
 		fmt.Printf("Redis commands per job, %s: %s\n", kd.name, topCommands(best[k].commands, best[k].jobs))
+		fmt.Printf("Redis µs per job (commandstats; script commands also inside evalsha), %s: %s\n", kd.name, topCommands(best[k].commandUsec, best[k].jobs))
 	}
 	return nil
 }
@@ -236,7 +238,7 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	if err != nil {
 		return nil, err
 	}
-	cs0, err := commandStats(ctx, rdb)
+	cs0, us0, err := commandStats(ctx, rdb)
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +262,7 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	if err != nil {
 		return nil, err
 	}
-	cs1, err := commandStats(ctx, rdb)
+	cs1, us1, err := commandStats(ctx, rdb)
 	if err != nil {
 		return nil, err
 	}
@@ -272,10 +274,13 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	}
 	m.upstreamCalls = fake.Stats().Requests - calls0
 	m.workerCPU, m.redisCPU = wcpu1-wcpu0, rcpu1-rcpu0
-	m.commands = map[string]int64{}
+	m.commands, m.commandUsec = map[string]int64{}, map[string]int64{}
 	for c, n := range cs1 {
 		if d := n - cs0[c]; d > 0 {
 			m.commands[c] = d
+		}
+		if d := us1[c] - us0[c]; d > 0 && c != "info" && c != "llen" && c != "zcard" {
+			m.commandUsec[c] = d
 		}
 	}
 	// The bench's own reads: one pipeline of 4 per poll, and the INFO.
