@@ -67,6 +67,11 @@ type Config struct {
 	Attempts  int
 	ResultTTL time.Duration
 	Retention time.Duration
+	// Producer holds more options for the producer that enqueues the
+	// batches' jobs, applied after those above: the workers' call timeout
+	// and fallback tiers (producer.WithCallTimeout, WithFallbackTiers),
+	// from which each job's task timeout is derived.
+	Producer []producer.Option
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 	Log zerolog.Logger
@@ -126,7 +131,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Retention > 0 {
 		opts = append(opts, producer.WithRetention(cfg.Retention))
 	}
-	prod, err := producer.New(cfg.RedisOpt, opts...)
+	prod, err := producer.New(cfg.RedisOpt, append(opts, cfg.Producer...)...)
 	if err != nil {
 		return nil, fmt.Errorf("batchapi: %w", err)
 	}

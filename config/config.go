@@ -23,6 +23,7 @@ import (
 	"github.com/llmq/llmq/cache"
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/policy"
+	"github.com/llmq/llmq/producer"
 	"github.com/llmq/llmq/ratelimit"
 	"github.com/llmq/llmq/redisconn"
 	"github.com/llmq/llmq/upstream"
@@ -279,6 +280,12 @@ const (
 	DefaultMaxTokens = worker.DefaultMaxTokens
 	// DefaultBudgetTransit is the budget's headroom for calls in flight.
 	DefaultBudgetTransit = 100 * time.Millisecond
+	// MaxBudgetMaxWait bounds budget_max_wait: a job's asynq task timeout
+	// leaves each model tier producer.TierMargin beside its call, for the
+	// budget wait among other things (see producer.TaskTimeout), so a
+	// longer blocking wait could get a call cut short by asynq. Longer
+	// waits snooze the job instead, which costs no attempt.
+	MaxBudgetMaxWait = producer.TierMargin / 2
 	// DefaultLogLevel and DefaultEnvironment label the logs.
 	DefaultLogLevel    = "info"
 	DefaultEnvironment = "dev"
@@ -489,6 +496,9 @@ func (c *Config) Validate() error {
 			bad(field, "must be a positive duration such as 5s, got %v", d)
 		}
 	}
+	if c.BudgetMaxWait > MaxBudgetMaxWait {
+		bad("budget_max_wait", "must be at most %v, got %v: a job's task timeout leaves each model tier %v beside its call (budget wait included), and asynq cancels a run that outlasts it", MaxBudgetMaxWait, c.BudgetMaxWait, producer.TierMargin)
+	}
 	if c.Retry.Cap < c.Retry.Base {
 		bad("retry.cap", "must be at least retry.base (%v), got %v", c.Retry.Base, c.Retry.Cap)
 	}
@@ -531,6 +541,39 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// FallbackTiers returns the most fallback models Fallbacks gives one
+// model: a job without a fallback list of its own walks at most this many
+// model tiers after its primary.
+func (c *Config) FallbackTiers() int {
+	n := 0
+	for m, list := range c.Fallbacks {
+		seen := map[string]bool{m: true}
+		for _, t := range list {
+			seen[t] = true
+		}
+		n = max(n, len(seen)-1)
+	}
+	return n
+}
+
+// TaskTimeout returns the asynq task timeout llmq's producers (llmq
+// enqueue, llmq serve) give a job without a fallback list of its own:
+// room for a whole upstream.call_timeout on every tier it may walk
+// (producer.TaskTimeout).
+func (c *Config) TaskTimeout() time.Duration {
+	return producer.TaskTimeout(c.Upstream.CallTimeout, 1+c.FallbackTiers())
+}
+
+// ProducerOptions returns the producer options that carry the
+// configuration: queue, prefix, attempts, retention, result TTL, and the
+// call timeout and fallback tiers each job's task timeout is derived from.
+func (c *Config) ProducerOptions() []producer.Option {
+	return []producer.Option{producer.WithQueue(c.Queue), producer.WithPrefix(c.Prefix),
+		producer.WithAttempts(c.Retry.Attempts), producer.WithRetention(c.Results.Retention),
+		producer.WithResultTTL(c.Results.TTL), producer.WithCallTimeout(c.Upstream.CallTimeout),
+		producer.WithFallbackTiers(c.FallbackTiers())}
+}
+
 // Print writes the effective configuration as YAML, with the API key
 // masked, and where the key comes from; URLs show no password. A comment
 // line shows the Redis mode and nodes.
@@ -556,6 +599,8 @@ func (c Config) Print(w io.Writer) error {
 		key = "from OPENAI_API_KEY: " + Mask(c.Upstream.APIKey)
 	}
 	fmt.Fprintf(&buf, "# redis: %s\n", redisLine)
+	fmt.Fprintf(&buf, "# task timeout: %v per job (upstream.call_timeout × %d model tiers + margins; a job's own fallback list counts instead)\n",
+		c.TaskTimeout(), 1+c.FallbackTiers())
 	fmt.Fprintf(&buf, "# api key: %s\n", key)
 	_, err := w.Write(buf.Bytes())
 	return err

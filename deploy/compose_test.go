@@ -3,6 +3,8 @@ package deploy_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,6 +87,133 @@ func TestComposeServices(t *testing.T) {
 		if hc == nil || hc.Disable || len(hc.Test) < 2 || hc.Test[0] != "CMD" || hc.Test[1] != probe || hc.Interval == nil || hc.Timeout == nil {
 			t.Errorf("%s: health check %+v, want CMD %s with interval and timeout", name, hc, probe)
 		}
+	}
+}
+
+// The Batch API service (profile api): `llmq serve` on every interface of
+// its container, published on the host's localhost; tenants' keys from
+// Docker secrets that deploy/serve.yaml names, never inline; started after
+// a healthy Redis; a health check on its own port; a stop grace period
+// above serve's 30 s shutdown; scraped by Prometheus.
+func TestComposeServe(t *testing.T) {
+	if slices.Contains(loadCompose(t, nil).ServiceNames(), "serve") {
+		t.Error("serve runs without --profile api")
+	}
+	p := loadCompose(t, map[string]string{"LLMQ_SERVE_KEYS": "alice:sk-must-not-appear-0123"}, "api")
+	if got, want := sorted(p.ServiceNames()), []string{"asynqmon", "grafana", "prometheus", "redis", "serve", "worker"}; !slices.Equal(got, want) {
+		t.Fatalf("services with --profile api: %v, want %v", got, want)
+	}
+	s := service(t, p, "serve")
+	w := service(t, p, "worker")
+	if s.Build == nil || s.Build.Target != "llmq" || s.Image != w.Image {
+		t.Errorf("serve build %+v image %q: want the worker's llmq image %q", s.Build, s.Image, w.Image)
+	}
+	i := slices.Index(s.Command, "--addr")
+	if len(s.Command) == 0 || s.Command[0] != "serve" || i < 0 || i+1 >= len(s.Command) {
+		t.Fatalf("serve command %v, want serve --addr 0.0.0.0:PORT", s.Command)
+	}
+	host, port, err := net.SplitHostPort(s.Command[i+1])
+	if err != nil || host != "0.0.0.0" {
+		t.Errorf("serve --addr %q: bind 0.0.0.0 inside the container, or the published port reaches nothing", s.Command[i+1])
+	}
+	if len(s.Ports) != 1 || s.Ports[0].HostIP != "127.0.0.1" || fmt.Sprint(s.Ports[0].Target) != port || s.Ports[0].Published == "" {
+		t.Errorf("serve ports %+v: want one, published on 127.0.0.1, to container port %s", s.Ports, port)
+	}
+	if dep, ok := s.DependsOn["redis"]; !ok || dep.Condition != types.ServiceConditionHealthy {
+		t.Errorf("serve: depends_on redis %+v, want condition service_healthy", dep)
+	}
+	hc := s.HealthCheck
+	if hc == nil || hc.Disable || len(hc.Test) < 2 || hc.Test[0] != "CMD" || hc.Test[1] != "/llmq" || !slices.Contains(hc.Test, "127.0.0.1:"+port) || hc.Interval == nil || hc.Timeout == nil {
+		t.Errorf("serve: health check %+v, want CMD /llmq probing 127.0.0.1:%s", hc, port)
+	}
+	if s.StopGracePeriod == nil || time.Duration(*s.StopGracePeriod) <= 30*time.Second {
+		t.Errorf("serve stop_grace_period %v: must exceed serve's 30 s shutdown", s.StopGracePeriod)
+	}
+	if env(s, "LLMQ_REDIS_URL") != "redis://redis:6379/0" {
+		t.Errorf("serve LLMQ_REDIS_URL %q", env(s, "LLMQ_REDIS_URL"))
+	}
+
+	// Client keys: serve.clients of the mounted deploy/serve.yaml, each a
+	// Docker secret of serve's; no key in the environment; the provider
+	// key is not serve's at all.
+	if env(s, "LLMQ_CONFIG") != "/etc/llmq/serve.yaml" || !hasVolume(s, types.VolumeTypeBind, "deploy/serve.yaml", "/etc/llmq/serve.yaml") {
+		t.Errorf("serve: LLMQ_CONFIG %q, volumes %+v: want deploy/serve.yaml at /etc/llmq/serve.yaml", env(s, "LLMQ_CONFIG"), s.Volumes)
+	}
+	for _, k := range []string{"LLMQ_SERVE_KEYS", "OPENAI_API_KEY", "LLMQ_API_KEY_FILE"} {
+		if _, ok := s.Environment[k]; ok {
+			t.Errorf("serve: environment sets %s", k)
+		}
+	}
+	for _, svc := range p.Services {
+		for k, v := range svc.Environment {
+			if v != nil && strings.Contains(*v, "sk-must-not-appear") {
+				t.Errorf("%s: environment %s carries a client key", svc.Name, k)
+			}
+		}
+	}
+	mounted := map[string]string{} // path in the container -> secret
+	for _, sec := range s.Secrets {
+		target := sec.Target
+		if target == "" {
+			target = sec.Source
+		}
+		if !strings.HasPrefix(target, "/") {
+			target = "/run/secrets/" + target
+		}
+		mounted[target] = sec.Source
+		if sec.Source == "openai_api_key" {
+			t.Error("serve mounts the provider key (openai_api_key)")
+		}
+	}
+	var cfg struct {
+		Serve struct {
+			Clients []struct {
+				Name    string `yaml:"name"`
+				KeyFile string `yaml:"key_file"`
+			} `yaml:"clients"`
+		} `yaml:"serve"`
+	}
+	readYAML(t, "serve.yaml", &cfg)
+	if len(cfg.Serve.Clients) == 0 {
+		t.Fatal("deploy/serve.yaml names no client")
+	}
+	for _, c := range cfg.Serve.Clients {
+		src, ok := mounted[c.KeyFile]
+		if !ok {
+			t.Errorf("client %q: key_file %s is not a secret serve mounts (%v)", c.Name, c.KeyFile, mounted)
+			continue
+		}
+		if sec, ok := p.Secrets[src]; !ok || sec.File == "" {
+			t.Errorf("client %q: secret %s is not declared with a file", c.Name, src)
+		}
+		// Workers read the tenant names (one queue each), never the keys.
+		for _, ws := range w.Secrets {
+			if ws.Source == src {
+				t.Errorf("worker mounts client %q's key (secret %s)", c.Name, src)
+			}
+		}
+	}
+	if env(w, "LLMQ_CONFIG") != "/etc/llmq/serve.yaml" || !hasVolume(w, types.VolumeTypeBind, "deploy/serve.yaml", "/etc/llmq/serve.yaml") {
+		t.Errorf("worker: LLMQ_CONFIG %q: workers need deploy/serve.yaml's tenant names to serve their queues", env(w, "LLMQ_CONFIG"))
+	}
+
+	var prom struct {
+		ScrapeConfigs []struct {
+			DNSSDConfigs []struct {
+				Names []string `yaml:"names"`
+				Port  int      `yaml:"port"`
+			} `yaml:"dns_sd_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	readYAML(t, "prometheus/prometheus.yml", &prom)
+	scraped := false
+	for _, sc := range prom.ScrapeConfigs {
+		for _, d := range sc.DNSSDConfigs {
+			scraped = scraped || (slices.Contains(d.Names, "serve") && fmt.Sprint(d.Port) == port)
+		}
+	}
+	if !scraped {
+		t.Errorf("prometheus.yml does not scrape serve's /metrics (DNS name serve, port %s)", port)
 	}
 }
 

@@ -11,12 +11,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/redisconn"
 	"github.com/llmq/llmq/results"
 )
 
@@ -38,51 +40,87 @@ type Producer struct {
 	rdb    redis.UniversalClient
 	store  *results.Store
 	o      options
+
+	mu       sync.RWMutex
+	queues   []string        // queues enqueued to, the default first: read first by Result and Wait
+	queueSet map[string]bool // the same as a set
 }
 
 type options struct {
-	queue       string
-	prefix      string
-	attempts    int
-	retention   time.Duration
-	resultTTL   time.Duration
-	taskTimeout time.Duration
-	parallelism int
+	queue         string
+	prefix        string
+	attempts      int
+	retention     time.Duration
+	resultTTL     time.Duration
+	callTimeout   time.Duration
+	fallbackTiers int
+	parallelism   int
 }
+
+// Defaults of the options. Those a worker shares are the workers' own
+// defaults (worker, policy, config), restated because the producer does
+// not import them; config's tests check that they agree.
+const (
+	// DefaultQueue is the asynq queue jobs go to (worker.DefaultQueue).
+	DefaultQueue = "llmq"
+	// DefaultPrefix namespaces llmq's records (worker.DefaultPrefix).
+	DefaultPrefix = "llmq"
+	// DefaultAttempts is a job's attempts when it sets none
+	// (policy.DefaultAttempts).
+	DefaultAttempts = 5
+	// DefaultRetention is how long asynq keeps a finished task
+	// (config.DefaultRetention).
+	DefaultRetention = 24 * time.Hour
+	// DefaultResultTTL is how long batch records are kept
+	// (worker.DefaultResultTTL).
+	DefaultResultTTL = 7 * 24 * time.Hour
+	// DefaultParallelism is how many enqueues a batch keeps in flight.
+	DefaultParallelism = 32
+)
 
 // Option configures a Producer.
 type Option func(*options)
 
-// WithQueue sets the default asynq queue (default "llmq").
+// WithQueue sets the default asynq queue (default DefaultQueue).
 func WithQueue(name string) Option { return func(o *options) { o.queue = name } }
 
-// WithPrefix sets the key prefix of llmq's records (default "llmq"); it must
+// WithPrefix sets the key prefix of llmq's records (default DefaultPrefix); it must
 // match the workers'.
 func WithPrefix(p string) Option { return func(o *options) { o.prefix = p } }
 
-// WithAttempts sets the default attempts per job (default 5).
+// WithAttempts sets the default attempts per job (default DefaultAttempts).
 func WithAttempts(n int) Option { return func(o *options) { o.attempts = n } }
 
 // WithRetention sets how long asynq keeps a finished task, so asynqmon can
-// show its result (default 24h).
+// show its result (default DefaultRetention).
 func WithRetention(d time.Duration) Option { return func(o *options) { o.retention = d } }
 
-// WithResultTTL sets how long batch records are kept (default 7 days); it
+// WithResultTTL sets how long batch records are kept (default DefaultResultTTL); it
 // should match the workers' result TTL.
 func WithResultTTL(d time.Duration) Option { return func(o *options) { o.resultTTL = d } }
 
-// WithTaskTimeout bounds one run of a job's handler (default 35m: three
-// model tiers of the worker's default 10 m call timeout, plus budget waits).
-// Keep it above the workers' call_timeout × tiers.
-func WithTaskTimeout(d time.Duration) Option { return func(o *options) { o.taskTimeout = d } }
-
-// WithParallelism sets how many enqueues a batch keeps in flight (default 32).
+// WithParallelism sets how many enqueues a batch keeps in flight (default
+// DefaultParallelism).
 func WithParallelism(n int) Option { return func(o *options) { o.parallelism = n } }
 
-// New connects a Producer to the Redis that asynq uses.
+// Open connects a Producer to the Redis at url: redis://, rediss://,
+// unix://, redis+sentinel:// or redis+cluster:// (the forms of package
+// redisconn), e.g. "redis://:password@10.0.0.5:6379/0". Its errors never
+// show the URL's password. Like New it does not dial: the first enqueue
+// or read does.
+func Open(url string, opts ...Option) (*Producer, error) {
+	conn, err := redisconn.Parse(url)
+	if err != nil {
+		return nil, fmt.Errorf("producer: %w", err)
+	}
+	return New(conn.AsynqOpt(), opts...)
+}
+
+// New connects a Producer to the Redis that asynq uses, given as asynq's
+// connection option (Open takes a URL).
 func New(redisOpt asynq.RedisConnOpt, opts ...Option) (*Producer, error) {
-	o := options{queue: "llmq", prefix: "llmq", attempts: 5, retention: 24 * time.Hour,
-		resultTTL: 7 * 24 * time.Hour, taskTimeout: 35 * time.Minute, parallelism: 32}
+	o := options{queue: DefaultQueue, prefix: DefaultPrefix, attempts: DefaultAttempts, retention: DefaultRetention,
+		resultTTL: DefaultResultTTL, callTimeout: DefaultCallTimeout, fallbackTiers: DefaultFallbackTiers, parallelism: DefaultParallelism}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -93,17 +131,23 @@ func New(redisOpt asynq.RedisConnOpt, opts ...Option) (*Producer, error) {
 		return nil, fmt.Errorf("producer: attempts must be between 1 and %d, got %d", jobs.MaxAttempts, o.attempts)
 	case o.parallelism < 1:
 		return nil, fmt.Errorf("producer: parallelism must be at least 1, got %d", o.parallelism)
+	case o.callTimeout <= 0:
+		return nil, fmt.Errorf("producer: call timeout must be positive, got %v", o.callTimeout)
+	case o.fallbackTiers < 0:
+		return nil, fmt.Errorf("producer: fallback tiers must be at least 0, got %d", o.fallbackTiers)
 	}
 	rdb, ok := redisOpt.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
 		return nil, errors.New("producer: redis option did not make a go-redis v9 client")
 	}
 	return &Producer{
-		client: asynq.NewClientFromRedisClient(rdb),
-		insp:   asynq.NewInspectorFromRedisClient(rdb),
-		rdb:    rdb,
-		store:  results.NewStore(rdb, o.prefix, o.resultTTL),
-		o:      o,
+		client:   asynq.NewClientFromRedisClient(rdb),
+		insp:     asynq.NewInspectorFromRedisClient(rdb),
+		rdb:      rdb,
+		store:    results.NewStore(rdb, o.prefix, o.resultTTL),
+		o:        o,
+		queues:   []string{o.queue},
+		queueSet: map[string]bool{o.queue: true},
 	}, nil
 }
 
@@ -194,7 +238,7 @@ func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (prepared, erro
 	// MaxRetry keeps a margin above the job's attempts: a snooze (rate
 	// limited, hold, budget wait, open breaker) never archives a job.
 	taskOpts := []asynq.Option{asynq.TaskID(job.ID), asynq.Queue(eo.queue), asynq.MaxRetry(job.MaxAttempts + RetryMargin),
-		asynq.Retention(p.o.retention), asynq.Timeout(p.o.taskTimeout)}
+		asynq.Retention(p.o.retention), asynq.Timeout(p.taskTimeout(job))}
 	if !eo.processAt.IsZero() {
 		taskOpts = append(taskOpts, asynq.ProcessAt(eo.processAt))
 	}
@@ -203,6 +247,7 @@ func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (prepared, erro
 
 // submit enqueues a prepared task.
 func (p *Producer) submit(ctx context.Context, pj prepared) error {
+	p.used(pj.queue)
 	_, err := p.client.EnqueueContext(ctx, pj.task, pj.opts...)
 	switch {
 	case errors.Is(err, asynq.ErrTaskIDConflict):
@@ -257,32 +302,6 @@ func (p *Producer) owner(queue, id string) (batchID string, found bool, err erro
 		return "", true, fmt.Errorf("read job %q: decode payload: %w", id, err)
 	}
 	return j.BatchID, true, nil
-}
-
-// Result returns the stored result of a job, or an error matching
-// results.ErrNotFound while it has none.
-func (p *Producer) Result(ctx context.Context, id string) (*jobs.Result, error) {
-	return p.store.Get(ctx, id)
-}
-
-// Wait blocks until the job has a result (succeeded or failed) or ctx ends.
-func (p *Producer) Wait(ctx context.Context, id string) (*jobs.Result, error) {
-	delay := 20 * time.Millisecond
-	for {
-		r, err := p.store.Get(ctx, id)
-		if err == nil {
-			return r, nil
-		}
-		if !errors.Is(err, results.ErrNotFound) {
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("wait for job %q: %w", id, ctx.Err())
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, time.Second)
-	}
 }
 
 // Batch returns a batch's progress.

@@ -169,6 +169,7 @@ func (w *Worker) call(ctx context.Context, a *attempt, model string, tier int, b
 		cctx, cancelDeadline = context.WithDeadline(cctx, a.job.Deadline)
 		defer cancelDeadline()
 	}
+	w.warnShortTask(ctx, a, model, tier)
 	start := w.now()
 	resp, err := w.cfg.Upstream.Chat(cctx, body)
 	latency := w.now().Sub(start)

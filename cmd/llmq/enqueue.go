@@ -51,9 +51,9 @@ succeeded (4 when some were dead-lettered).`,
 			if queue == "" {
 				queue = a.cfg.Queue
 			}
-			p, err := producer.New(opt, producer.WithQueue(queue), producer.WithPrefix(a.cfg.Prefix),
-				producer.WithAttempts(a.cfg.Retry.Attempts), producer.WithRetention(a.cfg.Results.Retention),
-				producer.WithResultTTL(a.cfg.Results.TTL))
+			// The configuration's options, the call timeout and fallback
+			// tiers among them: each job's task timeout is derived from them.
+			p, err := producer.New(opt, append(a.cfg.ProducerOptions(), producer.WithQueue(queue))...)
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/llmq/llmq/batchapi"
+	"github.com/llmq/llmq/producer"
 )
 
 // serveKeysEnv names the environment variable holding client keys.
@@ -88,7 +89,8 @@ func (a *app) runServe(ctx context.Context) error {
 		MaxFileBytes: a.cfg.Serve.MaxFileBytes, MaxRequests: a.cfg.Serve.MaxRequests,
 		CompletionWindow: a.cfg.Serve.CompletionWindow, FileTTL: a.cfg.Serve.FileTTL, Tick: a.cfg.Serve.Tick,
 		Attempts: a.cfg.Retry.Attempts, ResultTTL: a.cfg.Results.TTL, Retention: a.cfg.Results.Retention,
-		Log: a.log,
+		Producer: []producer.Option{producer.WithCallTimeout(a.cfg.Upstream.CallTimeout), producer.WithFallbackTiers(a.cfg.FallbackTiers())},
+		Log:      a.log,
 	})
 	if err != nil {
 		if errors.Is(err, batchapi.ErrBadClients) {
