@@ -4,14 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/llmqtest"
 	"github.com/llmq/llmq/producer"
+	"github.com/llmq/llmq/redisconn"
 )
 
 var helloBody = json.RawMessage(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"max_tokens":20}`)
@@ -133,5 +136,71 @@ func TestWaitEndsOnACompletedTaskWithoutResult(t *testing.T) {
 	_, err := p.Wait(ctx, "c1")
 	if !errors.Is(err, producer.ErrNotFound) || ctx.Err() != nil {
 		t.Fatalf("Wait = %v, want ErrNotFound for a completed task without a result", err)
+	}
+}
+
+// countingOpt connects asynq and the producer through a client that counts
+// its round trips to Redis (a command, or a pipeline).
+type countingOpt struct {
+	url   string
+	trips *atomic.Int64
+}
+
+func (o countingOpt) MakeRedisClient() any {
+	c, err := redisconn.Parse(o.url)
+	if err != nil {
+		panic(err)
+	}
+	rdb := c.NewClient()
+	rdb.AddHook(tripHook{o.trips})
+	return rdb
+}
+
+type tripHook struct{ n *atomic.Int64 }
+
+func (h tripHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h tripHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
+}
+func (h tripHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
+}
+
+// Reading a job that has a result, or is pending in a queue the producer
+// enqueued to, takes one round trip: what Wait repeats while it waits.
+func TestLookupRoundTrips(t *testing.T) {
+	env := llmqtest.Redis(t)
+	var trips atomic.Int64
+	p, err := producer.New(countingOpt{env.RedisURL(), &trips}, producer.WithQueue(env.Queue), producer.WithPrefix(env.Prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	for _, id := range []string{"pending", "done"} {
+		if _, err := p.Enqueue(ctx, &jobs.Job{ID: id, Body: helloBody}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.Store().Save(ctx, &jobs.Result{JobID: "done", Status: jobs.StatusSucceeded, CompletedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id    string
+		want  error
+		trips int64
+	}{
+		{"pending", producer.ErrPending, 1},
+		{"done", nil, 1},
+		{"unknown", producer.ErrNotFound, 4}, // + every queue's list, their task states, the result again
+	} {
+		before := trips.Load()
+		_, err := p.Result(ctx, tc.id)
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Fatalf("Result(%s) = %v, want %v", tc.id, err, tc.want)
+		}
+		if n := trips.Load() - before; n > tc.trips {
+			t.Errorf("Result(%s) took %d round trips, want at most %d", tc.id, n, tc.trips)
+		}
 	}
 }

@@ -50,17 +50,19 @@ func With(fn func(pipe redis.Pipeliner, record []byte)) SaveOption {
 	return func(o *saveOptions) { o.with = append(o.with, fn) }
 }
 
-// saveIn stores a result in one round trip: its save script, the batch
-// count of a success when count is set (a success is counted as succeeded
-// whatever the save found, a kept success being one too, so the count
-// need not wait for the save's answer), and with's commands, all in one
-// pipeline (their keys are in different hash slots, so they cannot be one
-// script on Redis Cluster). It reports ok false when a script was not
-// loaded: Save then runs them one by one (go-redis loads a script on
-// NOSCRIPT).
-func (s *Store) saveIn(ctx context.Context, r *jobs.Result, b []byte, count bool, with []func(redis.Pipeliner, []byte)) (t Transition, ok bool, err error) {
+// saveIn stores a result, in one round trip for a job's first result: a
+// SET NX of the record (the common case needs no script: no result yet,
+// so it is stored), the batch count of a success when count is set (a
+// success is counted as succeeded whatever the save finds, a kept success
+// being one too, so the count need not wait for the save's answer), and
+// with's commands, all in one pipeline (their keys are in different hash
+// slots, so they cannot be one script on Redis Cluster). When the job has
+// a result already, save.lua decides in a second round trip: a success is
+// kept, a failure replaced.
+func (s *Store) saveIn(ctx context.Context, r *jobs.Result, b []byte, count bool, with []func(redis.Pipeliner, []byte)) (Transition, error) {
+	key := s.resultKey(r.JobID)
 	pipe := s.rdb.Pipeline()
-	save := s.save.EvalSha(ctx, pipe, []string{s.resultKey(r.JobID)}, b, r.Status, s.ttl.Milliseconds())
+	first := pipe.SetNX(ctx, key, b, s.ttl)
 	var cnt *redis.Cmd
 	if count {
 		cnt = s.count.EvalSha(ctx, pipe, []string{s.batchKey(r.BatchID), s.batchStatusKey(r.BatchID)}, r.JobID, jobs.StatusSucceeded, s.ttl.Milliseconds())
@@ -68,20 +70,30 @@ func (s *Store) saveIn(ctx context.Context, r *jobs.Result, b []byte, count bool
 	for _, fn := range with {
 		fn(pipe, b)
 	}
-	_, _ = pipe.Exec(ctx)
-	if noScript(save.Err()) || (cnt != nil && noScript(cnt.Err())) {
-		return "", false, nil
-	}
-	res, err := save.Text()
+	_, _ = pipe.Exec(ctx) // each command's error is read below (with's by their owners)
+	created, err := first.Result()
 	if err != nil {
-		return "", true, fmt.Errorf("save result %q: %w", r.JobID, err)
+		return "", fmt.Errorf("save result %q: %w", r.JobID, err)
+	}
+	t := Created
+	if !created {
+		res, err := s.save.Run(ctx, s.rdb, []string{key}, b, r.Status, s.ttl.Milliseconds()).Text()
+		if err != nil {
+			return "", fmt.Errorf("save result %q: %w", r.JobID, err)
+		}
+		t = parseTransition(res)
 	}
 	if cnt != nil {
-		if err := cnt.Err(); err != nil {
-			return parseTransition(res), true, fmt.Errorf("save result %q: count job in batch %q: %w", r.JobID, r.BatchID, err)
+		err := cnt.Err()
+		if noScript(err) {
+			// Redis lost the script (a restart, a failover): Count loads it.
+			err = s.Count(ctx, r.BatchID, r.JobID, jobs.StatusSucceeded)
+		}
+		if err != nil {
+			return t, fmt.Errorf("save result %q: count job in batch %q: %w", r.JobID, r.BatchID, err)
 		}
 	}
-	return parseTransition(res), true, nil
+	return t, nil
 }
 
 func noScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }

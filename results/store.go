@@ -79,9 +79,10 @@ const (
 
 // Save stores r unless the job already has a successful result, and keeps
 // the batch counters exact: each job counts once, as succeeded or failed.
-// A success is stored and counted in one round trip, with whatever the
-// options add (see With); a failure's count follows its save, since it
-// depends on what the save found.
+// A job's first result is stored and, for a success, counted in one round
+// trip, with whatever the options add (see With); a job that has a result
+// already takes one more (save.lua decides), and a failure's count follows
+// its save, since it depends on what the save found.
 func (s *Store) Save(ctx context.Context, r *jobs.Result, opts ...SaveOption) (Transition, error) {
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -93,10 +94,7 @@ func (s *Store) Save(ctx context.Context, r *jobs.Result, opts ...SaveOption) (T
 		opt(&o)
 	}
 	countNow := r.Status == jobs.StatusSucceeded && r.BatchID != ""
-	t, ok, err := s.saveIn(ctx, r, b, countNow, o.with)
-	if !ok {
-		t, err = s.saveOneByOne(ctx, r, b, countNow, o.with)
-	}
+	t, err := s.saveIn(ctx, r, b, countNow, o.with)
 	if err != nil || r.BatchID == "" || countNow {
 		return t, err
 	}
@@ -106,29 +104,6 @@ func (s *Store) Save(ctx context.Context, r *jobs.Result, opts ...SaveOption) (T
 	}
 	if err := s.Count(ctx, r.BatchID, r.JobID, status); err != nil {
 		return t, fmt.Errorf("save result %q: %w", r.JobID, err)
-	}
-	return t, nil
-}
-
-// saveOneByOne is Save's path while Redis lacks the scripts (after a
-// restart or a failover): each script runs on its own, which loads it.
-func (s *Store) saveOneByOne(ctx context.Context, r *jobs.Result, b []byte, count bool, with []func(redis.Pipeliner, []byte)) (Transition, error) {
-	res, err := s.save.Run(ctx, s.rdb, []string{s.resultKey(r.JobID)}, b, r.Status, s.ttl.Milliseconds()).Text()
-	if err != nil {
-		return "", fmt.Errorf("save result %q: %w", r.JobID, err)
-	}
-	t := parseTransition(res)
-	if count {
-		if err := s.Count(ctx, r.BatchID, r.JobID, jobs.StatusSucceeded); err != nil {
-			return t, fmt.Errorf("save result %q: %w", r.JobID, err)
-		}
-	}
-	if len(with) > 0 {
-		pipe := s.rdb.Pipeline()
-		for _, fn := range with {
-			fn(pipe, b)
-		}
-		_, _ = pipe.Exec(ctx) // the commands' errors are their owners' to read
 	}
 	return t, nil
 }

@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -82,11 +78,22 @@ func main() {
 }
 
 // kind is one of the two workers measured. start starts one process of
-// it; with profile set (llmq only) it serves its profiles, and pprof is
-// their base URL.
+// it and returns once asynq lists it; with profile set (llmq only) it
+// serves its profiles.
 type kind struct {
 	name  string
-	start func(o options, queue, url string, profile bool) (cmd *exec.Cmd, log *os.File, pprof string, err error)
+	start func(ctx context.Context, o options, queue, url string, profile bool) (*proc, error)
+}
+
+// proc is one measured worker process.
+type proc struct {
+	pid   int
+	log   string // the file its output goes to
+	pprof string // base URL of its profiles (profile runs of llmq)
+	// term sends SIGTERM and waits for the exit: an error when it was not
+	// clean. kill stops it at once; both may be called, in any order.
+	term func() error
+	kill func()
 }
 
 // measurement is one run's figures.
@@ -94,6 +101,7 @@ type measurement struct {
 	rate                  float64 // jobs/s from the first dequeue to the last job done
 	workerCPU, redisCPU   time.Duration
 	commands              map[string]int64 // Redis command calls during the run
+	commandUsec           map[string]int64 // their Redis time (µs), the bench's polls left out
 	jobs                  int
 	upstreamCalls         int64
 	workerLog             string
@@ -126,30 +134,11 @@ func run(o options) error {
 		return err
 	}
 	kinds := []kind{
-		{"plain asynq handler", func(o options, queue, url string, _ bool) (*exec.Cmd, *os.File, string, error) {
-			cmd, logf, err := startProc(dir, queue, self, []string{"-baseline-worker", "-redis", o.redisAddr, "-queue", queue, "-prefix", queue,
-				"-url", url, "-concurrency", fmt.Sprint(o.concurrency)}, nil)
-			return cmd, logf, "", err
+		{"plain asynq handler", func(_ context.Context, o options, queue, url string, _ bool) (*proc, error) {
+			return startBaseline(dir, self, o, queue, url)
 		}},
-		{"llmq worker", func(o options, queue, url string, profile bool) (*exec.Cmd, *os.File, string, error) {
-			cfg := filepath.Join(dir, queue+".yaml")
-			metricsAddr, pprofURL := "127.0.0.1:0", ""
-			if profile {
-				addr, err := freeAddr()
-				if err != nil {
-					return nil, nil, "", err
-				}
-				metricsAddr, pprofURL = addr, "http://"+addr+"/debug/pprof/"
-			}
-			yml := fmt.Sprintf("prefix: %s\nqueue: %s\nworker:\n  concurrency: %d\n  queues: {%s: 1}\n  shutdown_timeout: 5s\n  pprof: %t\n",
-				queue, queue, o.concurrency, queue, profile)
-			if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
-				return nil, nil, "", err
-			}
-			cmd, logf, err := startProc(dir, queue, o.bin, []string{"worker"}, []string{"LLMQ_CONFIG=" + cfg,
-				"LLMQ_REDIS_URL=redis://" + o.redisAddr + "/0", "OPENAI_BASE_URL=" + url, "OPENAI_API_KEY=" + benchKey,
-				"LLMQ_API_KEY_FILE=", "LLMQ_RPM=", "LLMQ_TPM=", "LLMQ_METRICS_ADDR=" + metricsAddr, "LOG_LEVEL=info", "LLMQ_ENV=prod"})
-			return cmd, logf, pprofURL, err
+		{"llmq worker", func(ctx context.Context, o options, queue, url string, profile bool) (*proc, error) {
+			return startLLMQ(ctx, dir, o, queue, url, profile)
 		}},
 	}
 	fmt.Printf("bench-overhead: %d jobs per run, 1 process × %d, instant fake upstream, own redis-server %s, best of %d\n",
@@ -182,6 +171,7 @@ func run(o options) error {
 	fmt.Printf("ratio llmq/plain: %.2f× (target ≥ 0.80×)\n\n", best[1].rate/best[0].rate)
 	for k, kd := range kinds {
 		fmt.Printf("Redis commands per job, %s: %s\n", kd.name, topCommands(best[k].commands, best[k].jobs))
+		fmt.Printf("Redis µs per job (commandstats; script commands also inside evalsha), %s: %s\n", kd.name, topCommands(best[k].commandUsec, best[k].jobs))
 	}
 	return nil
 }
@@ -212,23 +202,13 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	if rep.Enqueued != o.jobs {
 		return nil, fmt.Errorf("enqueued %d of %d jobs", rep.Enqueued, o.jobs)
 	}
-	cmd, logf, pprofURL, err := kd.start(o, queue, url, profile)
+	w, err := kd.start(ctx, o, queue, url, profile)
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close()
-	stopped := false
-	defer func() {
-		if !stopped {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	}()
-	if err := waitRegistered(insp, cmd, logf.Name()); err != nil {
-		return nil, err
-	}
+	defer w.kill()
 	calls0 := fake.Stats().Requests
-	wcpu0, err := procCPU(cmd.Process.Pid)
+	wcpu0, err := procCPU(w.pid)
 	if err != nil {
 		return nil, err
 	}
@@ -236,13 +216,13 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	if err != nil {
 		return nil, err
 	}
-	cs0, err := commandStats(ctx, rdb)
+	cs0, us0, err := commandStats(ctx, rdb)
 	if err != nil {
 		return nil, err
 	}
 	var profiles <-chan error
-	if pprofURL != "" {
-		profiles = takeProfiles(pprofURL, o.profileFor, o.profileDir)
+	if w.pprof != "" {
+		profiles = takeProfiles(w.pprof, o.profileFor, o.profileDir)
 	}
 	if err := insp.UnpauseQueue(queue); err != nil {
 		return nil, fmt.Errorf("unpause queue: %w", err)
@@ -250,9 +230,9 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	m := &measurement{jobs: o.jobs}
 	polls, err := drain(ctx, rdb, queue, o.jobs, m)
 	if err != nil {
-		return nil, fmt.Errorf("%w\nworker log tail:\n%s", err, tail(logf.Name(), 10))
+		return nil, fmt.Errorf("%w\nworker log tail:\n%s", err, tail(w.log, 10))
 	}
-	wcpu1, err := procCPU(cmd.Process.Pid)
+	wcpu1, err := procCPU(w.pid)
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +240,7 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	if err != nil {
 		return nil, err
 	}
-	cs1, err := commandStats(ctx, rdb)
+	cs1, us1, err := commandStats(ctx, rdb)
 	if err != nil {
 		return nil, err
 	}
@@ -272,10 +252,13 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	}
 	m.upstreamCalls = fake.Stats().Requests - calls0
 	m.workerCPU, m.redisCPU = wcpu1-wcpu0, rcpu1-rcpu0
-	m.commands = map[string]int64{}
+	m.commands, m.commandUsec = map[string]int64{}, map[string]int64{}
 	for c, n := range cs1 {
 		if d := n - cs0[c]; d > 0 {
 			m.commands[c] = d
+		}
+		if d := us1[c] - us0[c]; d > 0 && c != "info" && c != "llen" && c != "zcard" {
+			m.commandUsec[c] = d
 		}
 	}
 	// The bench's own reads: one pipeline of 4 per poll, and the INFO.
@@ -287,17 +270,14 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 			delete(m.commands, c)
 		}
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	werr := cmd.Wait()
-	stopped = true
-	if werr != nil {
-		return nil, fmt.Errorf("worker exited with %v after SIGTERM:\n%s", werr, tail(logf.Name(), 10))
+	if err := w.term(); err != nil {
+		return nil, fmt.Errorf("%w:\n%s", err, tail(w.log, 10))
 	}
 	if m.upstreamCalls != int64(o.jobs) {
 		return nil, fmt.Errorf("the upstream answered %d calls for %d jobs", m.upstreamCalls, o.jobs)
 	}
 	if o.keepLogs {
-		m.workerLog = tail(logf.Name(), 40)
+		m.workerLog = tail(w.log, 40)
 	}
 	return m, nil
 }
@@ -333,33 +313,6 @@ func drain(ctx context.Context, rdb *redis.Client, queue string, jobs int, m *me
 		}
 		time.Sleep(pollEvery)
 	}
-}
-
-// waitRegistered waits until asynq lists the worker process's server.
-func waitRegistered(insp *asynq.Inspector, cmd *exec.Cmd, logPath string) error {
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		srvs, err := insp.Servers()
-		if err == nil && slices.ContainsFunc(srvs, func(s *asynq.ServerInfo) bool { return s.PID == cmd.Process.Pid }) {
-			return nil
-		}
-	}
-	return errors.New("worker did not register with asynq within 20s:\n" + tail(logPath, 10))
-}
-
-// startProc starts bin with args, its output in a log file under dir.
-func startProc(dir, name, bin string, args, env []string) (*exec.Cmd, *os.File, error) {
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
-	if err != nil {
-		return nil, nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, nil, fmt.Errorf("start %s (build it with `make build`): %w", bin, err)
-	}
-	return cmd, logf, nil
 }
 
 // batchJSONL returns n short jobs.

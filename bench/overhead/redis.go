@@ -82,27 +82,31 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }
 
-// commandStats returns INFO commandstats as calls per command.
-func commandStats(ctx context.Context, rdb *redis.Client) (map[string]int64, error) {
+// commandStats returns INFO commandstats as calls and microseconds per
+// command (a script's commands count in their own rows and inside
+// evalsha's time).
+func commandStats(ctx context.Context, rdb *redis.Client) (calls, usec map[string]int64, err error) {
 	info, err := rdb.Info(ctx, "commandstats").Result()
 	if err != nil {
-		return nil, fmt.Errorf("INFO commandstats: %w", err)
+		return nil, nil, fmt.Errorf("INFO commandstats: %w", err)
 	}
-	out := map[string]int64{}
+	calls, usec = map[string]int64{}, map[string]int64{}
 	for _, line := range strings.Split(info, "\n") {
 		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
 		name, found := strings.CutPrefix(name, "cmdstat_")
 		if !ok || !found {
 			continue
 		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
-		n, err := strconv.ParseInt(calls, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("INFO commandstats: %q", line)
+		c, rest, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+		u, _, _ := strings.Cut(strings.TrimPrefix(rest, "usec="), ",")
+		n, err1 := strconv.ParseInt(c, 10, 64)
+		us, err2 := strconv.ParseInt(u, 10, 64)
+		if err1 != nil || err2 != nil {
+			return nil, nil, fmt.Errorf("INFO commandstats: %q", line)
 		}
-		out[name] = n
+		calls[name], usec[name] = n, us
 	}
-	return out, nil
+	return calls, usec, nil
 }
 
 func total(m map[string]int64) int64 {
@@ -113,7 +117,7 @@ func total(m map[string]int64) int64 {
 	return n
 }
 
-// topCommands lists commands by calls per job, most first.
+// topCommands lists commands by calls (or µs) per job, most first.
 func topCommands(m map[string]int64, jobs int) string {
 	names := make([]string, 0, len(m))
 	for c := range m {
