@@ -29,6 +29,7 @@ const (
 	benchConcurrency  = "64"
 	benchFakeLatency  = 20 * time.Millisecond
 	benchPollInterval = 200 * time.Millisecond
+	benchFairPoll     = 50 * time.Millisecond
 )
 
 // TestBenchBatchAPI measures, with the official Go SDK against `llmq serve`
@@ -93,11 +94,18 @@ func TestBenchBatchAPI(t *testing.T) {
 		return err == nil && got.RequestCounts.Completed > 0
 	})
 	bb := createBatch(t, bob, fb.ID)
-	var a0, b0, a1, b1 int64
+	// Snapshots (alice's completed, bob's completed): when bob's batch is
+	// in progress, when it has 20 % and 80 % done, when it completed. The
+	// whole window's share includes its edges: alice's requests already in
+	// the workers' slots when bob's arrive, and alice's served while bob's
+	// last ones finish and the batch is finalized. The 20–80 % window is
+	// the steady state, where the queues' weights alone decide.
+	type snap struct{ a, b int64 }
+	var first, mid0, mid1, last snap
 	started := false
-	var tStart time.Time
+	var tStart, tMid0, tMid1 time.Time
 	waitFor(t, "bob's batch to complete", 15*time.Minute, func() bool {
-		time.Sleep(benchPollInterval)
+		time.Sleep(benchFairPoll)
 		ga, err := alice.Batches.Get(ctx(t), ba.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -106,16 +114,28 @@ func TestBenchBatchAPI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		now := snap{ga.RequestCounts.Completed, gb.RequestCounts.Completed}
 		if !started && gb.Status == openai.BatchStatusInProgress {
-			started, tStart = true, time.Now()
-			a0, b0 = ga.RequestCounts.Completed, gb.RequestCounts.Completed
+			started, tStart, first = true, time.Now(), now
 		}
-		a1, b1 = ga.RequestCounts.Completed, gb.RequestCounts.Completed
+		if tMid0.IsZero() && now.b >= benchFairBob/5 {
+			tMid0, mid0 = time.Now(), now
+		}
+		if tMid1.IsZero() && now.b >= benchFairBob*4/5 {
+			tMid1, mid1 = time.Now(), now
+		}
+		last = now
 		return gb.Status == openai.BatchStatusCompleted
 	})
-	da, db := a1-a0, b1-b0
-	t.Logf("fair share: while both had backlogs (%.1fs), alice got %d requests, bob %d: bob's share %.2f (fair 0.50; first come first served 0.00)",
-		time.Since(tStart).Seconds(), da, db, float64(db)/float64(max(1, da+db)))
+	share := func(from, to snap) (int64, int64, float64) {
+		da, db := to.a-from.a, to.b-from.b
+		return da, db, float64(db) / float64(max(1, da+db))
+	}
+	da, db, whole := share(first, last)
+	ma, mb, steady := share(mid0, mid1)
+	t.Logf("fair share (equal weights: fair 0.50; one first-come-first-served queue 0.00): while both had backlogs (%.1fs) alice got %d requests, bob %d: bob's share %.2f; "+
+		"in the steady state (bob's 20-80 %%, %.1fs) alice %d, bob %d: bob's share %.2f",
+		time.Since(tStart).Seconds(), da, db, whole, tMid1.Sub(tMid0).Seconds(), ma, mb, steady)
 	poll(t, alice, ba.ID, 15*time.Minute)
 }
 
@@ -188,13 +208,16 @@ func peakRSS(t *testing.T, pid int) int64 {
 const (
 	benchCreateRequests  = 50_000 // DefaultMaxRequests
 	benchCreateLineBytes = 4_100  // so the file is near the 200 MB limit
+	benchInvalidLines    = 200_000
 )
 
 // TestBenchBatchAPICreate measures creating a batch from the largest input
 // a tenant may send (50,000 requests, ~195 MiB): the serve process's peak
 // RSS while the file is uploaded and while the batch is validated and
-// enqueued, and the time from create to in_progress. No worker runs, so
-// the jobs stay queued (the test's end removes them). It runs only with
+// enqueued, and the time from create to in_progress; then the same for an
+// input of invalid lines only (200,000 lines "{}"), whose problems must not
+// grow serve's memory or the batch record with the file. No worker runs,
+// so the jobs stay queued (the test's end removes them). It runs only with
 // LLMQ_BENCH_BATCHAPI=1.
 func TestBenchBatchAPICreate(t *testing.T) {
 	if os.Getenv("LLMQ_BENCH_BATCHAPI") == "" {
@@ -232,6 +255,31 @@ func TestBenchBatchAPICreate(t *testing.T) {
 	}
 	t.Logf("create from %d requests (%.1f MiB): upload %.1fs, serve peak RSS %d MiB (idle %d MiB); validated and enqueued in %.1fs, serve peak RSS %d MiB",
 		benchCreateRequests, float64(size)/(1<<20), upTook.Seconds(), upPeak>>10, idle>>10, createTook.Seconds(), createPeak>>10)
+
+	// Invalid lines only.
+	id, size = streamLines(t, base, aliceKey, benchInvalidLines, func(w io.Writer, _ int) error {
+		_, err := io.WriteString(w, "{}\n")
+		return err
+	})
+	resetPeakRSS(t, pid)
+	t0 = time.Now()
+	b = createBatch(t, alice, id)
+	waitFor(t, "the batch to fail", 10*time.Minute, func() bool {
+		got, err := alice.Batches.Get(ctx(t), b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = got
+		return got.Status != openai.BatchStatusValidating
+	})
+	failTook := time.Since(t0)
+	failPeak := peakRSS(t, pid)
+	record, err := p.env.Client.StrLen(ctx(t), p.env.Prefix+":api:batch:{"+b.ID+"}").Result()
+	if err != nil || b.Status != openai.BatchStatusFailed {
+		t.Fatalf("batch %s, record %d bytes (%v)", b.Status, record, err)
+	}
+	t.Logf("create from %d invalid lines (%.1f MiB): failed in %.1fs with %d errors listed, batch record %d KiB; serve peak RSS %d MiB",
+		benchInvalidLines, float64(size)/(1<<20), failTook.Seconds(), len(b.Errors.Data), record>>10, failPeak>>10)
 }
 
 // streamLines uploads n lines written by line as a multipart body through
