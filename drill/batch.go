@@ -93,6 +93,12 @@ func (e *env) settle(ctx context.Context, rep *Report, batchID string, n int, wi
 	return t, took, nil
 }
 
+// How much of the workers' logs a report quotes for jobs paid twice.
+const (
+	dupExplained = 3  // jobs explained
+	dupLogLines  = 12 // log lines per job
+)
+
 // tally is what a batch came to.
 type tally struct {
 	submitted, stored, succeeded, failed, lost int
@@ -103,6 +109,9 @@ type tally struct {
 	// dupJobs counts jobs answered 200 more than once; dupExtra the extra
 	// 200s.
 	dupJobs, dupExtra int
+	// dupWhy holds, for the first duplicated jobs, the workers' log lines
+	// about them: why a paid answer was bought again.
+	dupWhy []string
 	// unlisted counts submitted jobs the batch index does not list.
 	unlisted int
 	// counters are the batch's own counters (succeeded+failed), which
@@ -140,6 +149,10 @@ func (e *env) count(ctx context.Context, batchID string, n int) (tally, error) {
 	t.unlisted = max(0, n-seen)
 	t.lost = n - t.stored
 	t.dupJobs, t.dupExtra = e.calls.duplicates()
+	for _, id := range e.calls.duplicated(dupExplained) {
+		t.dupWhy = append(t.dupWhy, fmt.Sprintf("job %s:%s was answered 200 more than once; its worker log lines:", batchID, id))
+		t.dupWhy = append(t.dupWhy, e.workerLines(`:`+id+`"`, dupLogLines)...)
+	}
 	st, err := e.prod.Batch(ctx, batchID)
 	if err != nil {
 		return t, err
@@ -158,6 +171,9 @@ func (t tally) apply(r *Report, stuck int64) {
 	r.check(t.unclassified == 0, "%d dead-lettered jobs carry no classified reason", t.unclassified)
 	r.check(t.counters == t.stored, "batch counters say %d done, the results %d: `llmq enqueue --wait` would not see the batch end", t.counters, t.stored)
 	r.note("%d succeeded, %d dead-lettered%s", t.succeeded, t.failed, classes(t.byClass))
+	for _, line := range t.dupWhy {
+		r.note("%s", line)
+	}
 }
 
 func classes(m map[string]int) string {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -335,6 +336,34 @@ func (l *callLog) duplicates() (jobs, extra int) {
 		}
 	}
 	return jobs, extra
+}
+
+// duplicated returns up to max jobs (custom ids) answered 200 more than
+// once, sorted.
+func (l *callLog) duplicated(max int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ids []string
+	for id, n := range l.oks {
+		if n > 1 {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids[:min(len(ids), max)]
+}
+
+// workerLines returns the workers' log lines that mention s, at most max.
+func (e *env) workerLines(s string, max int) []string {
+	var out []string
+	for _, w := range e.fleet.Workers() {
+		for _, line := range strings.Split(w.Log(), "\n") {
+			if strings.Contains(line, s) && len(out) < max {
+				out = append(out, fmt.Sprintf("worker %d: %s", w.N, line))
+			}
+		}
+	}
+	return out
 }
 
 // firstOKStartedAfter returns when the first 200 answer to a request sent
