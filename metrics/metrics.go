@@ -79,6 +79,8 @@ type Metrics struct {
 	cacheHits          *prometheus.CounterVec
 	collectorErrors    *prometheus.CounterVec
 
+	series seriesCache // the job path's series, looked up once
+
 	mu          sync.Mutex
 	models      map[string]bool            // models seen, for the budget collector
 	holds       map[string]map[string]bool // account -> classes ever reported
@@ -215,9 +217,13 @@ func (m *Metrics) UpstreamCall(model string, status int, class, outcome string, 
 	if m == nil {
 		return
 	}
-	model = m.seeModel(model)
-	m.upstreamRequests.WithLabelValues(model, StatusClass(status), Label(class), Label(outcome)).Inc()
-	m.upstreamDuration.WithLabelValues(model).Observe(d.Seconds())
+	sc := StatusClass(status)
+	m.counter(seriesKey{metric: seriesRequests, model: model, status: sc, class: class, outcome: outcome}, func() prometheus.Counter {
+		return m.upstreamRequests.WithLabelValues(m.seeModel(model), sc, Label(class), Label(outcome))
+	}).Inc()
+	m.observer(seriesKey{metric: seriesDuration, model: model}, func() prometheus.Observer {
+		return m.upstreamDuration.WithLabelValues(m.seeModel(model))
+	}).Observe(d.Seconds())
 }
 
 // Tokens adds n tokens of kind (TokensPrompt, TokensCompletion,
@@ -226,7 +232,9 @@ func (m *Metrics) Tokens(model, kind string, n int) {
 	if m == nil || n <= 0 {
 		return
 	}
-	m.tokens.WithLabelValues(m.seeModel(model), Label(kind)).Add(float64(n))
+	m.counter(seriesKey{metric: seriesTokens, model: model, kind: kind}, func() prometheus.Counter {
+		return m.tokens.WithLabelValues(m.seeModel(model), Label(kind))
+	}).Add(float64(n))
 }
 
 // BudgetWait records how long a job blocked for model's fleet-wide budget
@@ -363,7 +371,9 @@ func (m *Metrics) Job(outcome string) {
 	if m == nil {
 		return
 	}
-	m.jobs.WithLabelValues(Label(outcome)).Inc()
+	m.counter(seriesKey{metric: seriesJobs, outcome: outcome}, func() prometheus.Counter {
+		return m.jobs.WithLabelValues(Label(outcome))
+	}).Inc()
 	if outcome == JobRetry {
 		m.retries.Inc()
 	}

@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -474,4 +475,20 @@ func TestWatchBreakersReadsRedisAtScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	want(t, reg, "llmq_breaker_state", L{"model": "gpt-4o"}, 0)
+}
+
+// Series looked up once keep counting from the cache; models past the
+// cache's room still count, through the vectors.
+func TestSeriesCountPastTheCache(t *testing.T) {
+	m := metrics.New(metrics.Config{})
+	const models = 1500 // more than the cache holds
+	for range 2 {
+		for i := range models {
+			m.UpstreamCall(fmt.Sprintf("m%d", i), 200, "ok", "ok", time.Millisecond)
+		}
+	}
+	for _, model := range []string{"m0", fmt.Sprintf("m%d", models-1)} {
+		want(t, m.Registry(), "llmq_upstream_requests_total", L{"model": model, "status_class": "2xx"}, 2)
+		want(t, m.Registry(), "llmq_upstream_request_duration_seconds", L{"model": model}, 2)
+	}
 }
