@@ -39,7 +39,7 @@ const (
 // under the batch's lock; when another server holds the lock it returns at
 // once (that server is doing the work).
 func (s *Service) advance(ctx context.Context, id string) error {
-	unlock, ok, err := s.lock(ctx, id)
+	ctx, unlock, ok, err := s.lock(ctx, id)
 	if err != nil || !ok {
 		return err
 	}

@@ -113,3 +113,48 @@ func TestStoreChunks(t *testing.T) {
 		t.Errorf("index %v %v %v", ids, more, err)
 	}
 }
+
+// A server whose claim on a batch lapses (a pause longer than the claim,
+// another server took it) stops its work on the batch: the lock's context
+// ends with errLockLost, and unlocking leaves the new holder's claim.
+func TestLockLostEndsTheWork(t *testing.T) {
+	env := llmqtest.Redis(t)
+	s, err := New(Config{Redis: env.Client, RedisOpt: env.Opt, Prefix: env.Prefix, Queue: env.Queue,
+		Clients: []Client{{Name: "alice", Key: "sk-lock-test-key-0123456789"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.lockTTL = time.Second
+	ctx := context.Background()
+	lctx, unlock, ok, err := s.lock(ctx, "b1")
+	if err != nil || !ok {
+		t.Fatalf("lock: %v %v", ok, err)
+	}
+	if _, _, ok, err := s.lock(ctx, "b1"); ok || err != nil {
+		t.Fatalf("a second claim while held: %v %v", ok, err)
+	}
+	// Renewal keeps a live claim: it outlasts several TTLs.
+	deadline := time.Now().Add(2 * s.lockTTL)
+	for time.Now().Before(deadline) {
+		if lctx.Err() != nil {
+			t.Fatalf("the claim ended while held: %v", context.Cause(lctx))
+		}
+		time.Sleep(s.lockTTL / 10)
+	}
+	if err := env.Client.Set(ctx, s.st.lockKey("b1"), "other", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lctx.Done():
+	case <-time.After(5 * s.lockTTL):
+		t.Fatal("the work's context did not end when the claim was lost")
+	}
+	if !errors.Is(context.Cause(lctx), errLockLost) {
+		t.Errorf("cause %v, want errLockLost", context.Cause(lctx))
+	}
+	unlock()
+	if v, _ := env.Client.Get(ctx, s.st.lockKey("b1")).Result(); v != "other" {
+		t.Errorf("unlock removed another server's claim: lock holds %q", v)
+	}
+}

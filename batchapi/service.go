@@ -36,9 +36,9 @@ const (
 	// DefaultFileListLimit and MaxFileListLimit bound a file list page.
 	DefaultFileListLimit = 10_000
 	MaxFileListLimit     = 10_000
-	// lockTTL bounds how long a dead server's claim on a batch lasts; a
-	// live one renews it every lockTTL/3.
-	lockTTL = 30 * time.Second
+	// defaultLockTTL bounds how long a dead server's claim on a batch
+	// lasts; a live one renews it every third of it.
+	defaultLockTTL = 30 * time.Second
 	// lazyWait is how long a GET waits for the batch to advance before it
 	// answers with what is stored.
 	lazyWait = 250 * time.Millisecond
@@ -91,6 +91,7 @@ type Service struct {
 	metrics  *apiMetrics
 	renew    *redis.Script
 	release  *redis.Script
+	lockTTL  time.Duration
 	log      zerolog.Logger
 }
 
@@ -146,6 +147,7 @@ func New(cfg Config) (*Service, error) {
 		metrics:  newAPIMetrics(),
 		renew:    redis.NewScript(renewLua),
 		release:  redis.NewScript(releaseLua),
+		lockTTL:  defaultLockTTL,
 		log:      cfg.Log,
 	}
 	for _, c := range cfg.Clients {
@@ -214,33 +216,51 @@ func (s *Service) kickAll(ctx context.Context, ids []string) {
 	wg.Wait()
 }
 
+// errLockLost is the cause of a lock's context ending because the claim
+// lapsed: another server may be working on the batch.
+var errLockLost = errors.New("batch lock lost")
+
 // lock claims batch id for this server. It returns ok=false when another
-// holds it. The claim is renewed until unlock is called.
-func (s *Service) lock(ctx context.Context, id string) (unlock func(), ok bool, err error) {
+// holds it. The claim is renewed until unlock is called; the context it
+// returns ends (cause errLockLost) when the claim is lost — renewal finds
+// another holder, or fails for longer than the claim lasts — so work on
+// the batch stops before two servers could write it at once.
+func (s *Service) lock(ctx context.Context, id string) (lctx context.Context, unlock func(), ok bool, err error) {
 	token := newID("")
 	key := s.st.lockKey(id)
-	ok, err = s.cfg.Redis.SetNX(ctx, key, token, lockTTL).Result()
+	ok, err = s.cfg.Redis.SetNX(ctx, key, token, s.lockTTL).Result()
 	if err != nil || !ok {
-		return nil, false, err
+		return nil, nil, false, err
 	}
+	lctx, cancel := context.WithCancelCause(ctx)
 	stop := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
-		t := time.NewTicker(lockTTL / 3)
+		t := time.NewTicker(s.lockTTL / 3)
 		defer t.Stop()
+		renewed := time.Now()
 		for {
 			select {
 			case <-stop:
 				return
 			case <-t.C:
-				_ = s.renew.Run(context.WithoutCancel(ctx), s.cfg.Redis, []string{key}, token, lockTTL.Milliseconds()).Err()
+			}
+			held, err := s.renew.Run(context.WithoutCancel(ctx), s.cfg.Redis, []string{key}, token, s.lockTTL.Milliseconds()).Int()
+			switch {
+			case err == nil && held == 1:
+				renewed = time.Now()
+			case err == nil, time.Since(renewed) >= s.lockTTL:
+				s.log.Warn().Str("batch_id", id).Msg("batchapi: lost the claim on a batch; stopping its work")
+				cancel(errLockLost)
+				return
 			}
 		}
 	}()
-	return func() {
+	return lctx, func() {
 		close(stop)
 		<-stopped
+		cancel(nil)
 		_ = s.release.Run(context.WithoutCancel(ctx), s.cfg.Redis, []string{key}, token).Err()
 	}, true, nil
 }
