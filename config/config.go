@@ -515,6 +515,11 @@ func (c *Config) Validate() error {
 		bad("cache.ttl", "must be a positive duration such as 24h, got %v", c.Cache.TTL)
 	}
 	for m, tiers := range c.Fallbacks {
+		if len(tiers) > jobs.MaxFallbacks {
+			// Each tier can be one paid call, and the task timeout grows
+			// with the longest list: the same bound as a job's own list.
+			bad("fallbacks."+m, "must list at most %d models, got %d", jobs.MaxFallbacks, len(tiers))
+		}
 		for i, t := range tiers {
 			if t == "" || t == m {
 				bad(fmt.Sprintf("fallbacks.%s[%d]", m, i), "must name another model, got %q", t)

@@ -61,6 +61,7 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"worker:\n  concurrency: 0\n", "", "worker.concurrency"},
 		{"retry:\n  base: -1s\n", "", "retry.base"},
 		{"", "notanumber", "LLMQ_RPM"},
+		{"fallbacks:\n  gpt-4o: [a, b, c, d, e, f, g, h, i]\n", "", "fallbacks.gpt-4o: must list at most 8 models, got 9"},
 	} {
 		if err := os.WriteFile(path, []byte(tc.yml), 0o600); err != nil {
 			t.Fatal(err)

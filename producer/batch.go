@@ -598,7 +598,12 @@ func rewindable(r io.Reader, dir string) (rewound, func(), error) {
 	if err != nil {
 		return rewound{}, nil, fmt.Errorf("spool the batch input: %w", err)
 	}
+	// Unlinked at once where the OS allows it (the open file stays
+	// readable), so no spool file is left behind even by a SIGKILL.
 	cleanup := func() { f.Close(); os.Remove(f.Name()) }
+	if os.Remove(f.Name()) == nil {
+		cleanup = func() { f.Close() }
+	}
 	return rewound{first: io.TeeReader(r, f), again: func() (io.Reader, error) {
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return nil, fmt.Errorf("rewind the spooled batch input: %w", err)

@@ -65,15 +65,6 @@ func (s *Store) AddDeadLetter(ctx context.Context, d DeadLetter) error {
 	return nil
 }
 
-// DeadLetterCount returns how many dead letters queue has.
-func (s *Store) DeadLetterCount(ctx context.Context, queue string) (int64, error) {
-	n, err := s.rdb.ZCard(ctx, s.deadIndexKey(queue)).Result()
-	if err != nil {
-		return 0, fmt.Errorf("count dead letters of queue %q: %w", queue, err)
-	}
-	return n, nil
-}
-
 // DeadLetters returns up to count of queue's dead letters, newest first,
 // skipping the first offset.
 func (s *Store) DeadLetters(ctx context.Context, queue string, offset, count int64) ([]DeadLetter, error) {
