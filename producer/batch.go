@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -288,10 +289,101 @@ type markedError struct {
 func (e markedError) Is(target error) bool { return target == e.mark }
 func (e markedError) Unwrap() error        { return e.ValidationError }
 
+// verdict is what validation found of one line: its job id, or its
+// problem.
+type verdict struct {
+	line     int
+	id       string
+	explicit bool // the line set the id
+	problem  *jobs.LineError
+}
+
 // validateBatch parses and validates every line of r and returns the
 // batch's entries (job id and line) in input order, or a *BatchError.
+//
+// Three stages: one goroutine reads and parses the lines and checks what
+// depends on the lines before (custom_id repeats); GOMAXPROCS goroutines
+// validate the jobs (most of a line's CPU); this goroutine takes the
+// verdicts in input order, checks job id repeats and reports problems. A
+// bounded number of lines is in flight.
 func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchEntry, error) {
-	jr := jobs.NewReader(r)
+	workers := runtime.GOMAXPROCS(0)
+	order := make(chan chan verdict, 4*workers) // one slot per line, in input order
+	type task struct {
+		job  *jobs.Job
+		line int
+		slot chan<- verdict
+	}
+	tasks := make(chan task)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for t := range tasks {
+				v := verdict{line: t.line, explicit: t.job.ID != ""}
+				id, err := p.batchJob(bo, t.job)
+				if err != nil {
+					v.problem = &jobs.LineError{Line: t.line, Err: err}
+				}
+				v.id = id
+				t.slot <- v
+			}
+		}()
+	}
+	var (
+		tooMany bool
+		readErr error
+	)
+	go func() {
+		defer close(order)
+		defer func() { close(tasks); wg.Wait() }()
+		jr := jobs.NewReader(r)
+		seenCustom := map[string]int{}
+		requests := 0
+		for {
+			job, line, err := jr.Next()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			var le *jobs.LineError
+			if err != nil && !errors.As(err, &le) {
+				readErr = err
+				return
+			}
+			if requests++; bo.maxJobs > 0 && requests > bo.maxJobs {
+				tooMany = true
+				return
+			}
+			slot := make(chan verdict, 1)
+			order <- slot
+			if le != nil {
+				slot <- verdict{line: line, problem: le}
+				if errors.Is(le, jobs.ErrLineTooLong) {
+					return // the scanner cannot go on past an over-long line
+				}
+				continue
+			}
+			if bo.check != nil {
+				if err := bo.check(job); err != nil {
+					slot <- verdict{line: line, problem: &jobs.LineError{Line: line, Err: err}}
+					continue
+				}
+			}
+			fillCustomID(job, line)
+			if first, ok := seenCustom[job.CustomID]; ok {
+				slot <- verdict{line: line, problem: lineProblem(line, ErrDuplicateCustomID, "custom_id", "%q repeats line %d; custom ids must be unique in a batch", job.CustomID, first)}
+				continue
+			}
+			seenCustom[job.CustomID] = line
+			if job.BatchID != "" && job.BatchID != bo.batchID {
+				slot <- verdict{line: line, problem: lineProblem(line, nil, "batch_id", "%q differs from the batch being enqueued (%q)", job.BatchID, bo.batchID)}
+				continue
+			}
+			tasks <- task{job: job, line: line, slot: slot}
+		}
+	}()
+
 	berr := &BatchError{}
 	fail := func(le *jobs.LineError) {
 		berr.Invalid++
@@ -302,72 +394,31 @@ func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchE
 			bo.onProblem(le)
 		}
 	}
-	// problem fails line with one problem; mark, when not nil, is a
-	// sentinel the problem also matches.
-	problem := func(line int, mark error, path, format string, args ...any) {
-		ve := &jobs.ValidationError{Problems: []jobs.Problem{{Path: path, Message: fmt.Sprintf(format, args...)}}}
-		var err error = ve
-		if mark != nil {
-			err = markedError{ve, mark}
-		}
-		fail(&jobs.LineError{Line: line, Err: err})
-	}
-	seenCustom := map[string]int{}
 	seenID := map[string]int{}
 	var entries []results.BatchEntry
-	requests := 0
-	for {
-		job, line, err := jr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		var le *jobs.LineError
-		if err != nil && !errors.As(err, &le) {
-			return nil, err
-		}
-		if requests++; bo.maxJobs > 0 && requests > bo.maxJobs {
-			berr.TooMany = bo.maxJobs
-			break
-		}
-		if le != nil {
-			fail(le)
-			if errors.Is(le, jobs.ErrLineTooLong) {
-				break // the scanner cannot go on past an over-long line
-			}
+	for slot := range order {
+		v := <-slot
+		if v.problem != nil {
+			fail(v.problem)
 			continue
 		}
-		if bo.check != nil {
-			if err := bo.check(job); err != nil {
-				fail(&jobs.LineError{Line: line, Err: err})
-				continue
-			}
-		}
-		fillCustomID(job, line)
-		if first, ok := seenCustom[job.CustomID]; ok {
-			problem(line, ErrDuplicateCustomID, "custom_id", "%q repeats line %d; custom ids must be unique in a batch", job.CustomID, first)
-			continue
-		}
-		seenCustom[job.CustomID] = line
-		if job.BatchID != "" && job.BatchID != bo.batchID {
-			problem(line, nil, "batch_id", "%q differs from the batch being enqueued (%q)", job.BatchID, bo.batchID)
-			continue
-		}
-		explicit := job.ID != ""
-		id, err := p.batchJob(bo, job)
-		if err != nil {
-			fail(&jobs.LineError{Line: line, Err: err})
-			continue
-		}
-		if first, ok := seenID[id]; ok {
+		if first, ok := seenID[v.id]; ok {
 			what := "job id"
-			if explicit {
+			if v.explicit {
 				what = "id"
 			}
-			problem(line, nil, "id", "%s %q repeats line %d; job ids must be unique in a batch", what, id, first)
+			fail(lineProblem(v.line, nil, "id", "%s %q repeats line %d; job ids must be unique in a batch", what, v.id, first))
 			continue
 		}
-		seenID[id] = line
-		entries = append(entries, results.BatchEntry{JobID: id, Line: line})
+		seenID[v.id] = v.line
+		entries = append(entries, results.BatchEntry{JobID: v.id, Line: v.line})
+	}
+	// order is closed: the reader is done and its variables are settled.
+	if readErr != nil {
+		return nil, readErr
+	}
+	if tooMany {
+		berr.TooMany = bo.maxJobs
 	}
 	if berr.Invalid > 0 || berr.TooMany > 0 {
 		return nil, berr
@@ -376,6 +427,17 @@ func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchE
 		return nil, fmt.Errorf("batch %q: %w: %w", bo.batchID, jobs.ErrInvalid, ErrNoJobs)
 	}
 	return entries, nil
+}
+
+// lineProblem is line's problem at path; mark, when not nil, is a sentinel
+// the problem also matches.
+func lineProblem(line int, mark error, path, format string, args ...any) *jobs.LineError {
+	ve := &jobs.ValidationError{Problems: []jobs.Problem{{Path: path, Message: fmt.Sprintf(format, args...)}}}
+	var err error = ve
+	if mark != nil {
+		err = markedError{ve, mark}
+	}
+	return &jobs.LineError{Line: line, Err: err}
 }
 
 // batchJob completes a batch line's job (batch id, job id) and validates
@@ -409,11 +471,17 @@ func (c *conflicts) add(x Conflict) {
 }
 
 // submitBatch reads the validated input again and submits its jobs in
-// parallel, one line in memory per submitter.
+// parallel, one line in memory per submitter. The reader only parses; each
+// submitter builds its job's task (validation and encoding, most of a
+// line's CPU) and enqueues it, so the work spreads over the cores.
 func (p *Producer) submitBatch(ctx context.Context, bo batchOptions, r io.Reader, rep *BatchReport) (*conflicts, error) {
 	cf := &conflicts{ConflictError: ConflictError{BatchID: bo.batchID}}
 	var enq, dup, done atomic.Int64
-	work := make(chan prepared)
+	type lineJob struct {
+		job  *jobs.Job
+		line int
+	}
+	work := make(chan lineJob)
 	errc := make(chan error, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -429,8 +497,14 @@ func (p *Producer) submitBatch(ctx context.Context, bo batchOptions, r io.Reader
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for pj := range work {
-				err := p.submitOwned(ctx, bo.batchID, pj)
+			for lj := range work {
+				pj, err := p.preparedBatchJob(bo, lj.job)
+				if err != nil {
+					fail(fmt.Errorf("the batch input changed while it was enqueued: %w", err))
+					continue
+				}
+				pj.line = lj.line
+				err = p.submitOwned(ctx, bo.batchID, pj)
 				var ce *ConflictError
 				switch {
 				case errors.As(err, &ce):
@@ -465,14 +539,8 @@ send:
 			readErr = fmt.Errorf("read the batch input again: %w", err)
 			break
 		}
-		pj, err := p.preparedBatchJob(bo, job)
-		if err != nil {
-			readErr = fmt.Errorf("the batch input changed while it was enqueued: %w", err)
-			break
-		}
-		pj.line = line
 		select {
-		case work <- pj:
+		case work <- lineJob{job, line}:
 		case <-ctx.Done():
 			break send
 		}
@@ -530,7 +598,12 @@ func rewindable(r io.Reader, dir string) (rewound, func(), error) {
 	if err != nil {
 		return rewound{}, nil, fmt.Errorf("spool the batch input: %w", err)
 	}
+	// Unlinked at once where the OS allows it (the open file stays
+	// readable), so no spool file is left behind even by a SIGKILL.
 	cleanup := func() { f.Close(); os.Remove(f.Name()) }
+	if os.Remove(f.Name()) == nil {
+		cleanup = func() { f.Close() }
+	}
 	return rewound{first: io.TeeReader(r, f), again: func() (io.Reader, error) {
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return nil, fmt.Errorf("rewind the spooled batch input: %w", err)

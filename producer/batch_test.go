@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"testing"
 
@@ -112,5 +113,39 @@ func TestBatchWithoutJobs(t *testing.T) {
 	_, err := p.EnqueueBatch(context.Background(), strings.NewReader("\n  \n"), producer.BatchID("empty"))
 	if !errors.Is(err, producer.ErrNoJobs) || !errors.Is(err, jobs.ErrInvalid) {
 		t.Fatalf("err = %v, want ErrNoJobs and jobs.ErrInvalid", err)
+	}
+}
+
+// watchedDir is a non-seekable input that, on every read, records the files
+// in the spool directory.
+type watchedDir struct {
+	r     io.Reader
+	dir   string
+	files []string
+}
+
+func (w *watchedDir) Read(p []byte) (int, error) {
+	if ents, err := os.ReadDir(w.dir); err == nil {
+		for _, e := range ents {
+			w.files = append(w.files, e.Name())
+		}
+	}
+	return w.r.Read(p)
+}
+
+// An input that cannot seek (stdin) is spooled to a file that has no name
+// while the batch is read, so a process killed mid-enqueue leaves nothing
+// in the spool directory.
+func TestBatchSpoolLeavesNoFile(t *testing.T) {
+	env := llmqtest.Redis(t)
+	p := newProducer(t, env)
+	dir := t.TempDir()
+	in := &watchedDir{r: strings.NewReader(batchInput(50, nil)), dir: dir}
+	rep, err := p.EnqueueBatch(context.Background(), in, producer.BatchID("spooled"), producer.SpoolDir(dir))
+	if err != nil || rep.Enqueued != 50 {
+		t.Fatalf("enqueue from a pipe: %+v %v", rep, err)
+	}
+	if len(in.files) != 0 {
+		t.Errorf("the spool directory held %v while the batch was read", in.files)
 	}
 }

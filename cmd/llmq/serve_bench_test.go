@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -238,6 +239,7 @@ func TestBenchBatchAPICreate(t *testing.T) {
 	upTook := time.Since(t0)
 	upPeak := peakRSS(t, pid)
 	resetPeakRSS(t, pid)
+	cpu0 := cpuTime(t, pid)
 	t0 = time.Now()
 	b := createBatch(t, alice, id)
 	waitFor(t, "the batch to be enqueued", 10*time.Minute, func() bool {
@@ -249,12 +251,13 @@ func TestBenchBatchAPICreate(t *testing.T) {
 		return got.Status != openai.BatchStatusValidating
 	})
 	createTook := time.Since(t0)
+	createCPU := cpuTime(t, pid) - cpu0
 	createPeak := peakRSS(t, pid)
 	if b.Status != openai.BatchStatusInProgress || b.RequestCounts.Total != benchCreateRequests {
 		t.Fatalf("batch %s", b.RawJSON())
 	}
-	t.Logf("create from %d requests (%.1f MiB): upload %.1fs, serve peak RSS %d MiB (idle %d MiB); validated and enqueued in %.1fs, serve peak RSS %d MiB",
-		benchCreateRequests, float64(size)/(1<<20), upTook.Seconds(), upPeak>>10, idle>>10, createTook.Seconds(), createPeak>>10)
+	t.Logf("create from %d requests (%.1f MiB): upload %.1fs, serve peak RSS %d MiB (idle %d MiB); validated and enqueued in %.1fs (serve CPU %.1fs), serve peak RSS %d MiB",
+		benchCreateRequests, float64(size)/(1<<20), upTook.Seconds(), upPeak>>10, idle>>10, createTook.Seconds(), createCPU.Seconds(), createPeak>>10)
 
 	// Invalid lines only.
 	id, size = streamLines(t, base, aliceKey, benchInvalidLines, func(w io.Writer, _ int) error {
@@ -325,6 +328,25 @@ func streamLines(t *testing.T, base, key string, n int, line func(w io.Writer, i
 		t.Fatalf("upload: %d %s", res.StatusCode, body)
 	}
 	return f.ID, f.Bytes
+}
+
+// cpuTime returns the CPU time (user and system) a process has used.
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command (in parentheses, which may hold spaces):
+	// utime and stime are the 12th and 13th, in clock ticks (USER_HZ, 100
+	// on Linux).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%d/stat: %s", pid, b)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // resetPeakRSS resets a process's peak resident set (VmHWM) to its
