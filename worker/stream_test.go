@@ -53,47 +53,37 @@ func (h *harness) withClient(cfg upstream.Config) func(*worker.Config) {
 
 // TestLongAnswerStreamsAndIsPaidOnce: an answer whose generation takes five
 // times the first-byte timeout, streamed steadily, is one upstream call and
-// one attempt. Without streaming the same answer times out waiting for its
-// headers on every attempt (each one paid by the provider).
+// one attempt; so is a reasoning model's answer whose stream stays silent
+// after its headers for as long (OpenAI sends nothing while it reasons: the
+// wait for the first event has its own, long bound). Without streaming the
+// same answer times out waiting for its headers on every attempt (each one
+// paid by the provider).
 func TestLongAnswerStreamsAndIsPaidOnce(t *testing.T) {
-	h := newHarness(t, fakeupstream.Config{GenerationTime: longStreamGeneration})
-	h.warm()
-	h.startWorker(workerOpts{mod: h.withClient(upstream.Config{FirstByteTimeout: shortFirstByte, IdleTimeout: shortFirstByte})})
-	if _, err := h.prod.Enqueue(t.Context(), &jobs.Job{ID: "long", Body: body(longQuestion)}); err != nil {
-		t.Fatal(err)
-	}
-	r := h.result("long")
-	if r.Status != jobs.StatusSucceeded || r.Attempts != 1 {
-		t.Fatalf("result = %s after %d attempts, want succeeded after 1: %+v\n%s", r.Status, r.Attempts, r.Error, h.logs.Tail(5))
-	}
-	if st := h.fake.Stats(); st.Requests != 1 || st.CompletionTokens == 0 {
-		t.Errorf("fake served %d requests (%d completion tokens), want exactly 1 paid call", st.Requests, st.CompletionTokens)
-	}
-	if r.Usage == nil || r.Usage.Estimated || r.Usage.CompletionTokens == 0 {
-		t.Errorf("usage = %+v, want the provider's", r.Usage)
-	}
-	if !strings.Contains(string(r.Response), `"object":"chat.completion"`) {
-		t.Errorf("stored response %s is not a chat.completion", r.Response)
-	}
-}
-
-// TestThinkingModelIsPaidOnce: a reasoning model whose stream stays silent
-// after its headers for five times the first-byte and idle timeouts (OpenAI
-// sends nothing while it reasons) is one upstream call and one attempt: the
-// wait for the first event has its own, long bound.
-func TestThinkingModelIsPaidOnce(t *testing.T) {
-	h := newHarness(t, fakeupstream.Config{ThinkTime: longStreamGeneration})
-	h.warm()
-	h.startWorker(workerOpts{mod: h.withClient(upstream.Config{FirstByteTimeout: shortFirstByte, IdleTimeout: shortFirstByte})})
-	if _, err := h.prod.Enqueue(t.Context(), &jobs.Job{ID: "thinker", Body: body(longQuestion)}); err != nil {
-		t.Fatal(err)
-	}
-	r := h.result("thinker")
-	if r.Status != jobs.StatusSucceeded || r.Attempts != 1 {
-		t.Fatalf("result = %s after %d attempts, want succeeded after 1: %+v\n%s", r.Status, r.Attempts, r.Error, h.logs.Tail(5))
-	}
-	if st := h.fake.Stats(); st.Requests != 1 {
-		t.Errorf("fake served %d requests, want exactly 1 paid call", st.Requests)
+	for name, fcfg := range map[string]fakeupstream.Config{
+		"generating": {GenerationTime: longStreamGeneration},
+		"thinking":   {ThinkTime: longStreamGeneration},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, fcfg)
+			h.warm()
+			h.startWorker(workerOpts{mod: h.withClient(upstream.Config{FirstByteTimeout: shortFirstByte, IdleTimeout: shortFirstByte})})
+			if _, err := h.prod.Enqueue(t.Context(), &jobs.Job{ID: "long", Body: body(longQuestion)}); err != nil {
+				t.Fatal(err)
+			}
+			r := h.result("long")
+			if r.Status != jobs.StatusSucceeded || r.Attempts != 1 {
+				t.Fatalf("result = %s after %d attempts, want succeeded after 1: %+v\n%s", r.Status, r.Attempts, r.Error, h.logs.Tail(5))
+			}
+			if st := h.fake.Stats(); st.Requests != 1 || st.CompletionTokens == 0 {
+				t.Errorf("fake served %d requests (%d completion tokens), want exactly 1 paid call", st.Requests, st.CompletionTokens)
+			}
+			if r.Usage == nil || r.Usage.Estimated || r.Usage.CompletionTokens == 0 {
+				t.Errorf("usage = %+v, want the provider's", r.Usage)
+			}
+			if !strings.Contains(string(r.Response), `"object":"chat.completion"`) {
+				t.Errorf("stored response %s is not a chat.completion", r.Response)
+			}
+		})
 	}
 }
 

@@ -6,15 +6,18 @@
 // in-process fake upstream and a redis-server of its own, and prints for
 // each the rate (best of -runs), the CPU per job of the worker process and
 // of Redis (from /proc/<pid>/stat) and the Redis commands per job (from
-// INFO commandstats, the bench's own polling subtracted), and the ratio of
-// the two rates.
+// INFO commandstats, the bench's own polling subtracted), the ratio of
+// the two rates, and the ratio of their median CPU per job (worker +
+// Redis), which other work on a shared machine moves far less than the
+// rates.
 //
 //	make bench-overhead
 //	go run ./bench/overhead -bin bin/llmq -jobs 4000 -concurrency 32 -runs 3
 //	go run ./bench/overhead -bin bin/llmq -profile /tmp/prof   # + the llmq worker's pprof of its last run
 //
-// The baseline runs as a subprocess of this command (-baseline-worker), so
-// that both workers are measured the same way from /proc. With -profile the last
+// The baseline runs as a subprocess of this command (-baseline-worker), and
+// `llmq worker` through the shared fleet harness (llmqtest/fleet), so that
+// both are measured the same way from /proc. With -profile the last
 // llmq run serves its profiles (worker.pprof) and the bench saves a CPU and an
 // allocation profile of its drain (go tool pprof -top bin/llmq DIR/cpu.pprof);
 // the profiler costs that run a few percent.
