@@ -167,7 +167,8 @@ func checkLine(j *jobs.Job) error {
 
 // start validates the input file and, when every line is valid, enqueues
 // its jobs: producer.EnqueueBatch reads the file from Redis twice, a chunk
-// at a time (once to validate, once to submit), so memory is bounded by
+// at a time (once to validate, once to submit; a stored file never
+// changes, so it is Immutable and validated once), so memory is bounded by
 // MaxRequests and MaxBatchErrors, whatever the file's size. Any problem
 // fails the batch with every problem and its line, and nothing runs.
 // Enqueueing is idempotent: a server that dies mid-way leaves a batch the
@@ -183,7 +184,7 @@ func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	}
 	problems := &problemList{}
 	rep, err := s.prod.EnqueueBatch(ctx, s.st.content(ctx, frec), producer.BatchID(b.ID),
-		producer.JobOptions(producer.Queue(rec.Queue)), producer.MaxJobs(s.cfg.MaxRequests),
+		producer.JobOptions(producer.Queue(rec.Queue)), producer.MaxJobs(s.cfg.MaxRequests), producer.Immutable(),
 		producer.CheckLine(checkLine), producer.OnProblem(problems.add))
 	var (
 		berr *producer.BatchError

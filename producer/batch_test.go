@@ -149,3 +149,46 @@ func TestBatchSpoolLeavesNoFile(t *testing.T) {
 		t.Errorf("the spool directory held %v while the batch was read", in.files)
 	}
 }
+
+// changing is an input whose second read differs from its first: a rewind
+// to the start reads second.
+type changing struct {
+	*strings.Reader
+	second  string
+	rewound bool
+}
+
+func newChanging(first, second string) *changing {
+	return &changing{Reader: strings.NewReader(first), second: second}
+}
+
+func (c *changing) Seek(offset int64, whence int) (int64, error) {
+	if whence == io.SeekStart && offset == 0 {
+		c.Reader, c.rewound = strings.NewReader(c.second), true
+	}
+	return c.Reader.Seek(offset, whence)
+}
+
+// The second read of an input validates its jobs again, and so refuses an
+// input that changed in between; Immutable (a stored file nobody writes)
+// skips that validation, so the changed line is not caught — the proof
+// that the second read no longer validates.
+func TestBatchImmutableSkipsTheSecondValidation(t *testing.T) {
+	valid := batchInput(3, nil)
+	changed := batchInput(3, map[int]string{2: `{"custom_id":"c2","model":"m","messages":[{"role":"robot","content":"x"}]}`})
+	env := llmqtest.Redis(t)
+	p := newProducer(t, env)
+
+	in := newChanging(valid, changed)
+	_, err := p.EnqueueBatch(context.Background(), in, producer.BatchID("checked"))
+	var ie *producer.IncompleteError
+	if !in.rewound || !errors.As(err, &ie) || !strings.Contains(err.Error(), "changed") {
+		t.Fatalf("a changed input: %v, want an *IncompleteError saying it changed", err)
+	}
+
+	in = newChanging(valid, changed)
+	rep, err := p.EnqueueBatch(context.Background(), in, producer.BatchID("trusted"), producer.Immutable())
+	if err != nil || rep.Enqueued != 3 {
+		t.Fatalf("Immutable: %+v %v, want the 3 jobs enqueued unchecked", rep, err)
+	}
+}

@@ -164,6 +164,9 @@ type enqueueOptions struct {
 	attempts  int
 	deadline  time.Time
 	processAt time.Time
+	// validated: the job passed validation with these options already
+	// (EnqueueBatch's second read of an Immutable input).
+	validated bool
 }
 
 // Queue sends the job to another asynq queue. Queues are how llmq does
@@ -220,8 +223,10 @@ func (p *Producer) prepare(job *jobs.Job, opts ...EnqueueOption) (prepared, erro
 	if eo.attempts != 0 {
 		job.MaxAttempts = eo.attempts
 	}
-	if err := job.Validate(); err != nil {
-		return prepared{}, err
+	if !eo.validated {
+		if err := job.Validate(); err != nil {
+			return prepared{}, err
+		}
 	}
 	if job.MaxAttempts == 0 {
 		// The job carries its attempts, so the worker counts against the
