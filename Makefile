@@ -58,7 +58,7 @@ bench-budget: build redis
 ## a 10,000-request batch at 30,000 RPM against the bound N/RPM, two tenants' fair share; then
 ## serve's peak RSS while uploading and creating a batch of 50,000 requests (~196 MiB) and its time
 bench-batchapi: redis
-	LLMQ_BENCH_BATCHAPI=1 go test -run '^TestBenchBatchAPI(Create)?$$' -v -timeout 30m ./cmd/llmq/
+	LLMQ_BENCH_BATCHAPI=1 go test -count=1 -run '^TestBenchBatchAPI(Create)?$$' -v -timeout 30m ./cmd/llmq/
 
 ## bench-outage: the outage drill alone: 4 `llmq worker` processes, a steady stream, the
 ## fake answers 503 for 10 s then recovers; shared breaker vs per-process breakers (about 45 s)

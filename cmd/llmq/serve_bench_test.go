@@ -81,10 +81,11 @@ func TestBenchBatchAPI(t *testing.T) {
 		return got.Status == openai.BatchStatusCompleted
 	})
 	drain := time.Since(t0)
+	st := p.fake.Stats()
 	bound := time.Duration(float64(benchRequests) / benchRPM * float64(time.Minute))
-	t.Logf("batch of %d at %d RPM: validated and enqueued in %.1fs, completed in %.1fs (counts %d/%d/%d); budget bound N/RPM %.1fs; drain/bound %.2f",
+	t.Logf("batch of %d at %d RPM: validated and enqueued in %.1fs, completed in %.1fs (counts %d/%d/%d); N/RPM %.1fs, drain/(N/RPM) %.2f (a floor only when the provider's bucket holds less than N); the fake answered %d requests, %d throttled (429 of its RPM limit)",
 		benchRequests, benchRPM, inProgress.Seconds(), drain.Seconds(), b.RequestCounts.Total, b.RequestCounts.Completed, b.RequestCounts.Failed,
-		bound.Seconds(), drain.Seconds()/bound.Seconds())
+		bound.Seconds(), drain.Seconds()/bound.Seconds(), st.Requests, st.Throttled)
 
 	// 3. Fair share: alice's backlog first, bob's once alice's runs.
 	fa := upload(t, alice, batchInput(benchFairAlice))
