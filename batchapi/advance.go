@@ -177,6 +177,12 @@ func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	b := &rec.Batch
 	frec, err := s.st.file(ctx, rec.Tenant, b.InputFileID)
 	if errors.Is(err, ErrNotFound) {
+		// The file may have been deleted while an earlier start was
+		// enqueueing it: the jobs already queued must not run (and be
+		// paid for) for a batch that failed.
+		if err := s.removeQueued(ctx, rec); err != nil {
+			return err
+		}
 		return s.fail(ctx, rec, []BatchError{{Code: CodeFileNotFound, Message: "The input file " + b.InputFileID + " no longer exists.", Param: ptr("input_file_id")}})
 	}
 	if err != nil {

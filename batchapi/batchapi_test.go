@@ -125,7 +125,7 @@ func TestLockLostEndsTheWork(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	s.lockTTL = time.Second
+	s.lockTTL = 3 * time.Second // renewed every second: a stalled -race run on 2 busy cores must not miss it
 	ctx := context.Background()
 	lctx, unlock, ok, err := s.lock(ctx, "b1")
 	if err != nil || !ok {

@@ -60,6 +60,7 @@ type FailedError struct {
 	Info *ErrorInfo
 }
 
+// Error names the job and, when known, its outcome and message.
 func (e *FailedError) Error() string {
 	if e.Info == nil {
 		return fmt.Sprintf("job %q failed", e.JobID)

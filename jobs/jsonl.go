@@ -123,21 +123,45 @@ const MaxLineBytes = MaxBodyBytes + 64<<10
 // Reader reads jobs from JSONL input, one per non-blank line.
 type Reader struct {
 	sc   *bufio.Scanner
+	src  *readErr
 	line int
+}
+
+// readErr remembers the first failure of the reader it wraps (io.EOF is
+// no failure).
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErr) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
 }
 
 // NewReader returns a Reader over r.
 func NewReader(r io.Reader) *Reader {
-	sc := bufio.NewScanner(r)
+	src := &readErr{r: r}
+	sc := bufio.NewScanner(src)
 	sc.Buffer(make([]byte, 0, 64<<10), MaxLineBytes)
-	return &Reader{sc: sc}
+	return &Reader{sc: sc, src: src}
 }
 
 // Next returns the next job and its 1-based line number, io.EOF at the end,
 // or a *LineError for a line that cannot be parsed (the Reader can go on).
+// A failure of the underlying reader is returned as itself, never as a
+// problem of the line it cut short.
 func (r *Reader) Next() (*Job, int, error) {
 	for r.sc.Scan() {
 		r.line++
+		if r.src.err != nil {
+			// The scanner hands back the bytes before a failed read as a
+			// last line: they are not the input's.
+			return nil, r.line, fmt.Errorf("read jsonl: %w", r.src.err)
+		}
 		b := bytes.TrimSpace(r.sc.Bytes())
 		if len(b) == 0 {
 			continue

@@ -3,8 +3,10 @@ package jobs
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 func job(body string) *Job { return &Job{ID: "j1", Body: json.RawMessage(body)} }
@@ -118,6 +120,22 @@ func TestReaderReportsLineNumbers(t *testing.T) {
 	var le *LineError
 	if !errors.As(err, &le) || le.Line != 3 || line != 3 {
 		t.Fatalf("second: line %d err %v, want a LineError at line 3 (blank lines count)", line, err)
+	}
+}
+
+// A read that fails mid-line is the reader's failure, not a problem of the
+// cut line: the scanner hands the bytes before it back as a last line.
+func TestReaderReportsReadFailures(t *testing.T) {
+	broken := errors.New("connection lost")
+	full := "{\"custom_id\":\"a\",\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n"
+	r := NewReader(io.MultiReader(strings.NewReader(full+full[:20]), iotest.ErrReader(broken)))
+	if _, _, err := r.Next(); err != nil {
+		t.Fatalf("first line: %v", err)
+	}
+	_, _, err := r.Next()
+	var le *LineError
+	if !errors.Is(err, broken) || errors.As(err, &le) {
+		t.Fatalf("err = %v, want the read failure, not a line problem", err)
 	}
 }
 

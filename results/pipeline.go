@@ -26,7 +26,7 @@ func (s *Store) GetIn(ctx context.Context, pipe redis.Pipeliner, jobID string) f
 			return nil, fmt.Errorf("read result %q: %w", jobID, err)
 		}
 		var r jobs.Result
-		if err := json.Unmarshal(b, &r); err != nil {
+		if err := json.Unmarshal(validUTF8(b), &r); err != nil { // as Get
 			return nil, fmt.Errorf("decode result %q: %w", jobID, err)
 		}
 		return &r, nil

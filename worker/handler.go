@@ -177,9 +177,14 @@ func (w *Worker) saveSuccess(ctx context.Context, a *attempt, v *verdict) error 
 	)
 	if key, ok := taskKey(ctx, a); ok && ctx.Err() == nil {
 		// On the asynq task too (asynqmon shows it), in the save's round
-		// trip; like asynq's ResultWriter, not once the task's run is over.
+		// trip; like asynq's ResultWriter, not once the task's run is over
+		// (the save retries past it): a late write could land on a later
+		// run's task, or recreate a deleted one's key and block its id.
 		opts = append(opts, results.With(func(pipe redis.Pipeliner, record []byte) {
-			onTask = pipe.HSet(ctx, key, taskResultField, record)
+			onTask = nil
+			if ctx.Err() == nil {
+				onTask = pipe.HSet(ctx, key, taskResultField, record)
+			}
 		}))
 	}
 	if _, err := w.store(ctx, v.result, opts...); err != nil {
