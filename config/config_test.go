@@ -11,6 +11,20 @@ import (
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
+// loadYAML loads the configuration of a file holding yml (and no env).
+func loadYAML(t *testing.T, yml string) Config {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "llmq.yaml")
+	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(env(map[string]string{"LLMQ_CONFIG": path}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestDefaultsMatchDesign(t *testing.T) {
 	c, err := Load(env(nil))
 	if err != nil {
@@ -92,15 +106,7 @@ func TestPrintMasksKey(t *testing.T) {
 }
 
 func TestYAMLCollectionsReplaceDefaults(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "llmq.yaml")
-	yml := "worker:\n  queues: {demo: 1}\nbudgets:\n  gpt-4o: {rpm: 5}\n"
-	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, err := Load(env(map[string]string{"LLMQ_CONFIG": path}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := loadYAML(t, "worker:\n  queues: {demo: 1}\nbudgets:\n  gpt-4o: {rpm: 5}\n")
 	if len(c.Worker.Queues) != 1 || c.Worker.Queues["demo"] != 1 {
 		t.Errorf("queues = %v, want only demo", c.Worker.Queues)
 	}
@@ -108,11 +114,8 @@ func TestYAMLCollectionsReplaceDefaults(t *testing.T) {
 		t.Errorf("budgets = %v, want gpt-4o and the unlimited default", c.Budgets)
 	}
 	// A file that does not name a map keeps the default.
-	if err := os.WriteFile(path, []byte("retry: {attempts: 3}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if c, err = Load(env(map[string]string{"LLMQ_CONFIG": path})); err != nil || c.Worker.Queues[DefaultQueue] != 1 {
-		t.Errorf("queues = %v (%v), want the default", c.Worker.Queues, err)
+	if c = loadYAML(t, "retry: {attempts: 3}\n"); c.Worker.Queues[DefaultQueue] != 1 {
+		t.Errorf("queues = %v, want the default", c.Worker.Queues)
 	}
 }
 

@@ -2,8 +2,6 @@ package config
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -36,15 +34,7 @@ func TestProducerDefaultsAreTheWorkers(t *testing.T) {
 // The task timeout llmq's producers give a job follows call_timeout and
 // the fallbacks; `llmq config` shows it.
 func TestTaskTimeoutFollowsCallTimeoutAndFallbacks(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "llmq.yaml")
-	yml := "upstream: {call_timeout: 20m}\nfallbacks:\n  gpt-4o: [gpt-4o-mini, gpt-4.1-mini, gpt-4o-mini]\n  o3: [o4-mini]\n"
-	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, err := Load(env(map[string]string{"LLMQ_CONFIG": path}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := loadYAML(t, "upstream: {call_timeout: 20m}\nfallbacks:\n  gpt-4o: [gpt-4o-mini, gpt-4.1-mini, gpt-4o-mini]\n  o3: [o4-mini]\n")
 	if n := c.FallbackTiers(); n != 2 {
 		t.Fatalf("FallbackTiers = %d, want 2 (gpt-4o's list, without the repeat)", n)
 	}

@@ -145,48 +145,15 @@ func TestBenchBatchAPI(t *testing.T) {
 // written through a pipe, so neither side holds the file.
 func streamUpload(t *testing.T, base, key string, n int) string {
 	t.Helper()
-	pr, pw := io.Pipe()
-	mw := multipart.NewWriter(pw)
-	go func() {
-		fw, err := mw.CreateFormFile("file", "big.jsonl")
-		if err == nil {
-			line := []byte(strings.Repeat("x", 1023) + "\n")
-			bw := bufio.NewWriterSize(fw, 1<<16)
-			for i := 0; i < n/len(line) && err == nil; i++ {
-				_, err = bw.Write(line)
-			}
-			if err == nil {
-				err = bw.Flush()
-			}
-		}
-		if err == nil {
-			err = mw.WriteField("purpose", "batch")
-		}
-		if err == nil {
-			err = mw.Close()
-		}
-		pw.CloseWithError(err)
-	}()
-	req, err := http.NewRequest(http.MethodPost, base+"/v1/files", pr)
-	if err != nil {
-		t.Fatal(err)
+	line := []byte(strings.Repeat("x", 1023) + "\n")
+	id, size := streamLines(t, base, key, n/len(line), func(w io.Writer, _ int) error {
+		_, err := w.Write(line)
+		return err
+	})
+	if want := int64(n / len(line) * len(line)); size != want {
+		t.Fatalf("upload: %d bytes stored, want %d", size, want)
 	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Content-Type", mw.FormDataContentType())
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var f openai.FileObject
-	body, _ := io.ReadAll(res.Body)
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("upload: %d %s", res.StatusCode, body)
-	}
-	if err := f.UnmarshalJSON(body); err != nil || f.Bytes != int64(n/1024*1024) {
-		t.Fatalf("upload: %s (%v)", body, err)
-	}
-	return f.ID
+	return id
 }
 
 // peakRSS returns a process's peak resident set (VmHWM) in KiB.
