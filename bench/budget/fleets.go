@@ -5,118 +5,108 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"golang.org/x/time/rate"
 
+	"github.com/llmq/llmq/config"
 	"github.com/llmq/llmq/fakeupstream"
 	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/llmqtest/fleet"
 	"github.com/llmq/llmq/upstream"
 )
 
-// llmqFleet is `llmq worker` subprocesses sharing one budget.
+// Worker process handling of the llmq rows.
+const (
+	// termWithin bounds the workers' graceful exit after SIGTERM.
+	termWithin = 15 * time.Second
+	// workerShutdown is the workers' shutdown_timeout.
+	workerShutdown = 5 * time.Second
+	// benchKey is the upstream key every row presents.
+	benchKey = "sk-bench-budget-0123456789"
+)
+
+// llmqFleet is `llmq worker` processes sharing one budget, started through
+// the shared fleet harness (llmqtest/fleet).
 type llmqFleet struct {
-	o     options
-	dir   string
-	cfg   string
-	env   []string
-	mu    sync.Mutex
-	procs []*exec.Cmd
-	logs  []*lockedBuffer
-	dump  bool
+	dir  string
+	f    *fleet.Fleet
+	dump bool
+
+	mu      sync.Mutex // serialises add and stop
+	stopped bool
 }
 
-// newLLMQFleet writes the workers' YAML file (LLMQ_CONFIG) with the
-// scenario's budget: RPM/TPM, the provider's bursts only when sc.llmqBursts,
-// and r's estimate method when set.
-func newLLMQFleet(o options, sc *scenario, r row, e *env, url string) (fleet, error) {
+// newLLMQFleet writes the workers' configuration: llmq's defaults with the
+// row's Redis slice and queue, the scenario's budget (RPM/TPM, the
+// provider's bursts only when sc.llmqBursts), and r's estimate method when
+// set.
+func newLLMQFleet(o options, sc *scenario, r row, e *env, url string) (workerFleet, error) {
 	dir, err := os.MkdirTemp("", "llmq-bench-budget")
 	if err != nil {
 		return nil, fmt.Errorf("temp dir for the worker config: %w", err)
 	}
-	var bursts, method string
+	s := config.Default()
+	s.RedisURL, s.Upstream.BaseURL = "redis://"+o.redisAddr+"/0", url
+	s.Prefix, s.Queue = e.prefix, e.queue
+	s.Worker.Queues = map[string]int{e.queue: 1}
+	s.Worker.ShutdownTimeout = workerShutdown
+	s.Worker.MetricsAddr = "127.0.0.1:0"
+	b := config.Budget{RPM: sc.rpm, TPM: sc.tpm}
 	if sc.llmqBursts {
-		bursts = fmt.Sprintf(", burst: %d, burst_requests: %d", sc.burstTok, sc.burstReq)
+		b.Burst, b.BurstRequests = sc.burstTok, sc.burstReq
 	}
-	if r.method != "" && !o.oldBinary {
-		method = "\n  method: " + string(r.method)
+	s.Budgets = map[string]config.Budget{config.DefaultBudget: b}
+	s.BudgetMaxWait, s.BudgetTransit = o.maxWait, o.transit
+	s.Estimate.DefaultMaxTokens = fakeupstream.DefaultCompletion
+	if r.method != "" {
+		s.Estimate.Method = string(r.method)
 	}
-	cfg := filepath.Join(dir, "llmq.yaml")
-	yml := fmt.Sprintf(`prefix: %s
-queue: %s
-worker:
-  queues: {%s: 1}
-  shutdown_timeout: 5s
-  metrics_addr: "127.0.0.1:0"
-budgets:
-  default: {rpm: %d, tpm: %d%s}
-budget_max_wait: %s
-budget_transit: %s
-estimate:
-  default_max_tokens: %d%s
-log:
-  level: warn
-`, e.prefix, e.queue, e.queue, sc.rpm, sc.tpm, bursts, o.maxWait, o.transit, fakeupstream.DefaultCompletion, method)
-	if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
-		return nil, fmt.Errorf("write the worker config: %w", err)
+	s.Log.Level = "warn"
+	f, err := fleet.New(fleet.Config{Bin: o.bin, Dir: dir, Settings: s, APIKey: benchKey})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("%w (build it with `make build`)", err)
 	}
-	return &llmqFleet{o: o, dir: dir, cfg: cfg, dump: o.keepWorkerLog,
-		env: []string{"LLMQ_CONFIG=" + cfg, "LLMQ_REDIS_URL=redis://" + o.redisAddr + "/0",
-			"OPENAI_BASE_URL=" + url, "OPENAI_API_KEY=sk-bench-budget-0123456789", "LLMQ_API_KEY_FILE=",
-			"LLMQ_RPM=", "LLMQ_TPM=", "LOG_LEVEL=warn", "LLMQ_METRICS_ADDR=127.0.0.1:0"}}, nil
+	return &llmqFleet{dir: dir, f: f, dump: o.keepWorkerLog}, nil
 }
 
-// add starts procs more workers with concurrency handlers each.
-func (f *llmqFleet) add(procs, concurrency int) error {
+// add starts procs more workers with concurrency handlers each, all at
+// once: each returns once asynq lists it.
+func (f *llmqFleet) add(ctx context.Context, procs, concurrency int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for range procs {
-		cmd := exec.Command(f.o.bin, "worker", "--concurrency", strconv.Itoa(concurrency))
-		cmd.Env = append(os.Environ(), f.env...)
-		logs := &lockedBuffer{}
-		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("start %s worker (build it with `make build`): %w", f.o.bin, err)
-		}
-		f.procs = append(f.procs, cmd)
-		f.logs = append(f.logs, logs)
+	if f.stopped {
+		return errors.New("llmq fleet stopped")
 	}
-	return nil
+	errs := make([]error, procs)
+	var wg sync.WaitGroup
+	for i := range procs {
+		wg.Go(func() {
+			_, errs[i] = f.f.Start(ctx, "--concurrency", strconv.Itoa(concurrency))
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
-// stop sends SIGTERM to every worker and waits for them to exit.
+// stop sends SIGTERM to every worker, waits for them to exit and removes
+// the scratch directory.
 func (f *llmqFleet) stop() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.stopped = true
 	defer os.RemoveAll(f.dir)
-	for _, p := range f.procs {
-		_ = p.Process.Signal(syscall.SIGTERM)
-	}
-	var errs []error
-	for i, p := range f.procs {
-		done := make(chan error, 1)
-		go func() { done <- p.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				errs = append(errs, fmt.Errorf("worker %d exited with %w:\n%s", i, err, f.logs[i].String()))
-			}
-		case <-time.After(15 * time.Second):
-			_ = p.Process.Kill()
-			<-done
-			errs = append(errs, fmt.Errorf("worker %d did not stop within 15s of SIGTERM", i))
-		}
-		if f.dump {
-			fmt.Fprintf(os.Stderr, "--- worker %d log ---\n%s", i, f.logs[i].String())
+	err := f.f.Stop(termWithin)
+	if f.dump {
+		for _, w := range f.f.Workers() {
+			fmt.Fprintf(os.Stderr, "--- worker %d log ---\n%s", w.N, w.Log())
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(err, f.f.Close())
 }
 
 // baselineFleet is plain asynq servers in this process.
@@ -136,7 +126,7 @@ type baselineFleet struct {
 // procs of them, or (split false) the whole budget each. A failed call is
 // retried by asynq after the server's Retry-After when it sent one, else
 // after asynq's default backoff.
-func newBaselineFleet(o options, sc *scenario, e *env, url string, procs int, split bool) fleet {
+func newBaselineFleet(o options, sc *scenario, e *env, url string, procs int, split bool) workerFleet {
 	div := int64(1)
 	if split {
 		div = int64(procs)
@@ -145,12 +135,12 @@ func newBaselineFleet(o options, sc *scenario, e *env, url string, procs int, sp
 }
 
 // add starts procs more servers with concurrency handlers each.
-func (f *baselineFleet) add(procs, concurrency int) error {
+func (f *baselineFleet) add(_ context.Context, procs, concurrency int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	capReq, capTok := f.sc.capacities()
 	for range procs {
-		client, err := upstream.New(upstream.Config{BaseURL: f.url, Key: upstream.StaticKey("sk-bench-budget-0123456789")})
+		client, err := upstream.New(upstream.Config{BaseURL: f.url, Key: upstream.StaticKey(benchKey)})
 		if err != nil {
 			return err
 		}

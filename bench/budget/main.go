@@ -12,9 +12,9 @@
 // 2 s of rate. Every row drains the table's batch against fresh buckets and
 // a fresh slice of the local Redis. Rows:
 //
-//   - llmq worker: real `llmq worker` subprocesses (bin/llmq) sharing one
-//     budget through Redis, configured by a YAML file (LLMQ_CONFIG) with
-//     the provider's RPM/TPM, and its bursts only in the per-minute tables
+//   - llmq worker: real `llmq worker` subprocesses (bin/llmq), started by
+//     the shared fleet harness (llmqtest/fleet), sharing one budget through
+//     Redis: llmq's defaults with the provider's RPM/TPM, and its bursts only in the per-minute tables
 //     (elsewhere llmq's default burst, as a new user would run it). The
 //     "tokenizer estimate" row charges the tokenizer's count instead of
 //     llmq's default character estimate, so only calibration from the
@@ -28,7 +28,8 @@
 //
 // A fleet may grow: the growing table starts one process with 2 handlers
 // and adds three with 16 after 6 s, the case where a per-process split
-// strands budget in idle processes.
+// strands budget in idle processes. The llmq workers of a stage start
+// together and the harness returns once asynq lists them all.
 //
 // Drain time runs from the first request's arrival at the upstream to the
 // last successful answer, so process start-up and asynq's idle polling are
@@ -68,7 +69,6 @@ type options struct {
 	rows          string
 	rowTimeout    time.Duration
 	keepWorkerLog bool
-	oldBinary     bool
 }
 
 func main() {
@@ -88,7 +88,6 @@ func main() {
 	flag.StringVar(&o.rows, "rows", "", "run only these kinds of rows (llmq, llmq-tokenizer, llmq-chars, split, nosplit), comma-separated; empty: all")
 	flag.DurationVar(&o.rowTimeout, "row-timeout", 3*time.Minute, "give up on a row after this long")
 	flag.BoolVar(&o.keepWorkerLog, "worker-log", false, "print the llmq workers' logs")
-	flag.BoolVar(&o.oldBinary, "old-binary", false, "-bin predates estimate.method (issue 15): never write it (such a binary always used the tokenizer)")
 	flag.Parse()
 	if err := run(context.Background(), o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-budget:", err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -97,10 +96,10 @@ type result struct {
 	factor           float64 // llmq rows: the learned calibration factor
 }
 
-// fleet is a running set of worker processes: add starts more, stop shuts
+// workerFleet is a running set of workers: add starts more, stop shuts
 // them all down.
-type fleet interface {
-	add(procs, concurrency int) error
+type workerFleet interface {
+	add(ctx context.Context, procs, concurrency int) error
 	stop() error
 }
 
@@ -141,7 +140,7 @@ func (r row) run(ctx context.Context, o options, sc *scenario, b *batch) (result
 	}
 
 	stages := r.stagesOf(sc)
-	var f fleet
+	var f workerFleet
 	switch r.kind {
 	case "llmq":
 		f, err = newLLMQFleet(o, sc, r, e, url)
@@ -156,7 +155,7 @@ func (r row) run(ctx context.Context, o options, sc *scenario, b *batch) (result
 		return result{}, err
 	}
 	addErr := make(chan error, len(stages))
-	if err := f.add(stages[0].procs, stages[0].concurrency); err != nil {
+	if err := f.add(ctx, stages[0].procs, stages[0].concurrency); err != nil {
 		_ = f.stop()
 		return result{}, err
 	}
@@ -173,7 +172,7 @@ func (r row) run(ctx context.Context, o options, sc *scenario, b *batch) (result
 			case <-w.done:
 				return
 			}
-			if err := f.add(s.procs, s.concurrency); err != nil {
+			if err := f.add(ctx, s.procs, s.concurrency); err != nil {
 				addErr <- err
 				return
 			}
@@ -288,22 +287,4 @@ func (w *watch) span() (first, last time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.first, w.last
-}
-
-// lockedBuffer is a goroutine-safe log sink.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

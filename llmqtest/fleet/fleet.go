@@ -301,7 +301,9 @@ func (f *Fleet) Stop(within time.Duration) error {
 	}
 	var errs []error
 	for _, w := range ws {
-		if _, err := w.Term(within); err != nil {
+		// Signalled once above: a second SIGTERM would make llmq stop
+		// without draining (exit 143).
+		if _, err := w.awaitExit(time.Now(), within); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -370,6 +372,12 @@ func (w *Worker) Term(within time.Duration) (time.Duration, error) {
 	if w.Alive() {
 		_ = w.cmd.Process.Signal(syscall.SIGTERM)
 	}
+	return w.awaitExit(start, within)
+}
+
+// awaitExit waits up to within for the exit of a worker sent SIGTERM at
+// start (see Term).
+func (w *Worker) awaitExit(start time.Time, within time.Duration) (time.Duration, error) {
 	select {
 	case <-w.done:
 		took := time.Since(start)

@@ -120,6 +120,24 @@ func TestStartRunStopKill(t *testing.T) {
 	}
 }
 
+// Stop signals each running worker once and every one exits cleanly (a
+// second SIGTERM would make llmq stop without draining, exit 143).
+func TestStopRunningWorkers(t *testing.T) {
+	f, _, _ := newFleet(t, fakeupstream.Config{}, nil)
+	ws, err := f.StartN(context.Background(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Stop(15 * time.Second); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	for _, w := range ws {
+		if w.Alive() || w.ExitErr() != nil {
+			t.Fatalf("worker %d after Stop: alive %v, exit %v", w.N, w.Alive(), w.ExitErr())
+		}
+	}
+}
+
 // A worker that exits at start is reported with its log, not waited for.
 func TestStartReportsEarlyExit(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
