@@ -224,6 +224,44 @@ func TestConsecutiveFailuresAtLowTraffic(t *testing.T) {
 	}
 }
 
+// A success in a process that has not seen the fleet's failures (its view
+// of the streak is 0, so Record skips the round trip) still ends the
+// streak when batched with SuccessIn: four failures in process B, A's
+// success, one more failure in B is a streak of 1, not 5.
+func TestSuccessInEndsAnotherProcesssStreak(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	a, b := newBreaker(t, env, clk, nil), newBreaker(t, env, clk, nil)
+	const m = "m"
+	pa := allow(t, a, m) // A's view: no failures yet
+	for range 4 {
+		fail(t, b, m)
+	}
+	pipe := env.Client.Pipeline()
+	done := a.SuccessIn(context.Background(), pipe, pa)
+	if _, err := pipe.Exec(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	fail(t, b, m)
+	if st := status(t, b, m); st.State != breaker.Closed || st.Streak != 1 {
+		t.Fatalf("4 failures, another process's success, 1 failure: %+v, want closed with 1 in a row", st)
+	}
+	// Record alone skips that success (A's view is 0): the same sequence
+	// opens the breaker, which is why the worker batches SuccessIn.
+	c, d := newBreaker(t, env, clk, nil), newBreaker(t, env, clk, nil)
+	const m2 = "m2"
+	pc := allow(t, c, m2)
+	for range 4 {
+		fail(t, d, m2)
+	}
+	record(t, c, pc, breaker.Success)
+	fail(t, d, m2)
+	if st := status(t, d, m2); st.State != breaker.Open {
+		t.Fatalf("Record's skipped success: %+v, want open (the cheap path cannot see the fleet's streak)", st)
+	}
+}
+
 // What the worker records as Success (4xx of the job, 429, any answer) and
 // calls refused by the breaker never count; failures arriving while open do
 // not extend the open interval.

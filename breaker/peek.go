@@ -38,3 +38,31 @@ func (b *Breaker) AllowIn(ctx context.Context, pipe redis.Pipeliner, model strin
 		return Permit{Model: model, Allowed: true, State: Closed}, true
 	}
 }
+
+// SuccessIn queues in pipe the record of an ordinary allowed call's
+// success, for a caller that batches it with its own writes (the worker:
+// with the save of the job's result). Record sends a success only when
+// this process last saw failures in a row, to save a round trip, so a
+// success right after another process's failure would not end the fleet's
+// streak; batched, every success ends it at no extra round trip. The
+// returned function, called after pipe.Exec, updates this process's view.
+// A probe's success goes through Record: it closes the breaker.
+func (b *Breaker) SuccessIn(ctx context.Context, pipe redis.Pipeliner, p Permit) func() {
+	if !p.Allowed || p.Probe {
+		return func() {}
+	}
+	cmd := b.record.EvalSha(ctx, pipe, []string{b.Key(p.Model), b.windowKey(p.Model)},
+		b.cfg.Now().UnixMilli(), string(Success), "", b.cfg.Failures, b.cfg.FailureRate, b.cfg.MinCalls,
+		b.cfg.Open.Milliseconds(), b.ttl(), b.width.Milliseconds(), b.nb)
+	return func() {
+		res, err := cmd.Slice()
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			// Lost with a Redis restart: no streak can have built up
+			// since (a failure's Record loads the script again).
+			_ = b.record.Load(ctx, b.rdb).Err()
+		}
+		if err == nil && len(res) == 5 {
+			b.streak(p.Model).Store(toInt(res[2]))
+		}
+	}
+}

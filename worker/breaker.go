@@ -7,6 +7,8 @@ import (
 
 	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/policy"
+	"github.com/llmq/llmq/results"
+	"github.com/redis/go-redis/v9"
 )
 
 // probePoll is how often a job waiting for another process's probe reads
@@ -156,7 +158,20 @@ func (w *Worker) settle(ctx context.Context, a *attempt, p breaker.Permit, v pol
 	case v.Breaker:
 		o = breaker.Failure
 	}
+	if o == breaker.Success {
+		a.answered = p
+	}
 	w.recordBreaker(ctx, p, o)
+}
+
+// breakerSuccess returns the save option that records, in the save's round
+// trip, the success of the call whose answer the result stores, so that it
+// ends the fleet's failures in a row even when this process saw none.
+func (w *Worker) breakerSuccess(ctx context.Context, a *attempt) (results.SaveOption, func()) {
+	after := func() {}
+	return results.With(func(pipe redis.Pipeliner, _ []byte) {
+		after = w.breaker.SuccessIn(ctx, pipe, a.answered)
+	}), func() { after() }
 }
 
 // recordBreaker records o even when ctx is ending (shutdown), so that a

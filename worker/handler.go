@@ -36,6 +36,9 @@ type attempt struct {
 	// unlimited (budgetRead).
 	permit     breaker.Permit
 	permitRead bool
+	// answered is the permit of the last call the upstream answered: its
+	// success is recorded in the breaker with the save of the result.
+	answered   breaker.Permit
 	budgetRead bool
 	cooldown   time.Time
 }
@@ -187,9 +190,11 @@ func (w *Worker) saveSuccess(ctx context.Context, a *attempt, v *verdict) error 
 			}
 		}))
 	}
-	if _, err := w.store(ctx, v.result, opts...); err != nil {
+	bopt, breakerDone := w.breakerSuccess(ctx, a)
+	if _, err := w.store(ctx, v.result, append(opts, bopt)...); err != nil {
 		return err
 	}
+	breakerDone()
 	if onTask != nil && onTask.Err() != nil {
 		w.log.Warn().Err(onTask.Err()).Str("job_id", a.job.ID).Msg("could not write the result to the asynq task")
 	}
@@ -204,7 +209,9 @@ func (w *Worker) saveSuccess(ctx context.Context, a *attempt, v *verdict) error 
 func (w *Worker) saveFailure(ctx context.Context, a *attempt, v *verdict) error {
 	res := failureRecord(a, v, w.now())
 	var b []byte
-	t, err := w.store(ctx, res, results.With(func(_ redis.Pipeliner, record []byte) { b = record }))
+	bopt, breakerDone := w.breakerSuccess(ctx, a) // a dead letter's last call may have been answered (a 400)
+	t, err := w.store(ctx, res, results.With(func(_ redis.Pipeliner, record []byte) { b = record }), bopt)
+	breakerDone()
 	if err != nil {
 		w.log.Error().Err(err).Str("job_id", a.job.ID).Msg("could not store the failed result")
 		return err
