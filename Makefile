@@ -50,7 +50,7 @@ bench-e2e: build redis
 
 ## bench-budget: drain a batch through 1 and 4 `llmq worker` processes sharing one
 ## budget against a fake upstream enforcing the same RPM/TPM; baselines: per-process
-## x/time/rate limiters with the budget split, and not split (about a minute)
+## x/time/rate limiters with the budget split, and not split (about ten minutes)
 bench-budget: build redis
 	go run ./bench/budget -bin $(BIN)
 
