@@ -218,10 +218,10 @@ func (m *Metrics) UpstreamCall(model string, status int, class, outcome string, 
 		return
 	}
 	sc := StatusClass(status)
-	m.counter(seriesKey{metric: seriesRequests, model: model, status: sc, class: class, outcome: outcome}, func() prometheus.Counter {
+	cached(m, seriesKey{metric: seriesRequests, model: model, status: sc, class: class, outcome: outcome}, func() prometheus.Counter {
 		return m.upstreamRequests.WithLabelValues(m.seeModel(model), sc, Label(class), Label(outcome))
 	}).Inc()
-	m.observer(seriesKey{metric: seriesDuration, model: model}, func() prometheus.Observer {
+	cached(m, seriesKey{metric: seriesDuration, model: model}, func() prometheus.Observer {
 		return m.upstreamDuration.WithLabelValues(m.seeModel(model))
 	}).Observe(d.Seconds())
 }
@@ -232,7 +232,7 @@ func (m *Metrics) Tokens(model, kind string, n int) {
 	if m == nil || n <= 0 {
 		return
 	}
-	m.counter(seriesKey{metric: seriesTokens, model: model, kind: kind}, func() prometheus.Counter {
+	cached(m, seriesKey{metric: seriesTokens, model: model, kind: kind}, func() prometheus.Counter {
 		return m.tokens.WithLabelValues(m.seeModel(model), Label(kind))
 	}).Add(float64(n))
 }
@@ -371,7 +371,7 @@ func (m *Metrics) Job(outcome string) {
 	if m == nil {
 		return
 	}
-	m.counter(seriesKey{metric: seriesJobs, outcome: outcome}, func() prometheus.Counter {
+	cached(m, seriesKey{metric: seriesJobs, outcome: outcome}, func() prometheus.Counter {
 		return m.jobs.WithLabelValues(Label(outcome))
 	}).Inc()
 	if outcome == JobRetry {

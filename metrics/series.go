@@ -2,8 +2,6 @@ package metrics
 
 import (
 	"sync"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // maxCachedSeries bounds the job path's series cache: past it (a producer
@@ -54,22 +52,13 @@ func (c *seriesCache) store(k seriesKey, s any) {
 	}
 }
 
-// counter returns k's counter, from the cache or lookup.
-func (m *Metrics) counter(k seriesKey, lookup func() prometheus.Counter) prometheus.Counter {
+// cached returns k's series, from the cache or lookup (a counter or an
+// observer).
+func cached[T any](m *Metrics, k seriesKey, lookup func() T) T {
 	if s, ok := m.series.load(k); ok {
-		return s.(prometheus.Counter)
+		return s.(T)
 	}
-	c := lookup()
-	m.series.store(k, c)
-	return c
-}
-
-// observer returns k's observer, from the cache or lookup.
-func (m *Metrics) observer(k seriesKey, lookup func() prometheus.Observer) prometheus.Observer {
-	if s, ok := m.series.load(k); ok {
-		return s.(prometheus.Observer)
-	}
-	o := lookup()
-	m.series.store(k, o)
-	return o
+	v := lookup()
+	m.series.store(k, v)
+	return v
 }
