@@ -27,13 +27,14 @@ local function trip(reason)
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
 end
 
-local h = redis.call('HMGET', KEYS[1], 'state', 'lease_token')
+local h = redis.call('HMGET', KEYS[1], 'state', 'lease_token', 'streak')
 local state = h[1]
 if not state or state == 'closed' then
   if outcome == 'success' then
-    -- Sent only by a caller that saw a streak: the upstream answered, so
-    -- the failures in a row end here.
-    if state then
+    -- The upstream answered, so the failures in a row end here. Every
+    -- answered call sends one (batched with its result's save): write
+    -- only when there is a streak to end.
+    if state and (tonumber(h[3]) or 0) ~= 0 then
       redis.call('HSET', KEYS[1], 'streak', 0)
     end
     return {'', '', 0, 0, 0}
