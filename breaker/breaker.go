@@ -295,6 +295,10 @@ func (b *Breaker) Key(model string) string {
 // windowSuffix names the window hash beside the state hash.
 const windowSuffix = ":window"
 
+// streakField is the state hash's field holding the failures in a row
+// (allow.lua, record.lua); absent means 0.
+const streakField = "streak"
+
 func (b *Breaker) windowKey(model string) string { return b.Key(model) + windowSuffix }
 
 // streak returns this process's view of model's failures in a row.
@@ -423,7 +427,7 @@ func (b *Breaker) status(ctx context.Context, key, scope, model string) (Status,
 			st.ProbeUntil = lu
 		}
 	default:
-		st.Streak = atoi(m["streak"])
+		st.Streak = atoi(m[streakField])
 		st.Calls, st.Failures = b.windowCounts(win.Val(), now)
 	}
 	return st, nil

@@ -47,22 +47,20 @@ func (b *Breaker) AllowIn(ctx context.Context, pipe redis.Pipeliner, model strin
 // streak; batched, every success ends it at no extra round trip. The
 // returned function, called after pipe.Exec, updates this process's view.
 // A probe's success goes through Record: it closes the breaker.
+//
+// Ending a streak is one HDEL of the state hash's streak field (an absent
+// field is a streak of 0): no script, and no write — so nothing for the
+// AOF or the replicas — when there is no streak to end, the common case.
+// On an open or half-open breaker the field is already 0 (a trip resets
+// it), so the HDEL changes nothing there either.
 func (b *Breaker) SuccessIn(ctx context.Context, pipe redis.Pipeliner, p Permit) func() {
 	if !p.Allowed || p.Probe {
 		return func() {}
 	}
-	cmd := b.record.EvalSha(ctx, pipe, []string{b.Key(p.Model), b.windowKey(p.Model)},
-		b.cfg.Now().UnixMilli(), string(Success), "", b.cfg.Failures, b.cfg.FailureRate, b.cfg.MinCalls,
-		b.cfg.Open.Milliseconds(), b.ttl(), b.width.Milliseconds(), b.nb)
+	cmd := pipe.HDel(ctx, b.Key(p.Model), streakField)
 	return func() {
-		res, err := cmd.Slice()
-		if redis.HasErrorPrefix(err, "NOSCRIPT") {
-			// Lost with a Redis restart: no streak can have built up
-			// since (a failure's Record loads the script again).
-			_ = b.record.Load(ctx, b.rdb).Err()
-		}
-		if err == nil && len(res) == 5 {
-			b.streak(p.Model).Store(toInt(res[2]))
+		if cmd.Err() == nil {
+			b.streak(p.Model).Store(0)
 		}
 	}
 }

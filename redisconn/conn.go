@@ -22,6 +22,12 @@ const (
 	DefaultSentinelPort = "26379"
 )
 
+// Protocol is the RESP version llmq's own clients speak: RESP2, as asynq's.
+// llmq uses no RESP3 feature (push notifications, client-side caching), and
+// go-redis checks every RESP3 reply for pending push notifications, a cost
+// on each of the worker's round trips.
+const Protocol = 2
+
 // masked replaces a password wherever a Conn is shown.
 const masked = "xxxxx" // as net/url.URL.Redacted
 
@@ -335,13 +341,13 @@ func (c *Conn) NewClient() redis.UniversalClient {
 			MasterName: c.MasterName, SentinelAddrs: c.Addrs, SentinelPassword: c.sentinelPassword,
 			Username: c.Username, Password: c.password, DB: c.DB,
 			DialTimeout: c.DialTimeout, ReadTimeout: c.ReadTimeout, WriteTimeout: c.WriteTimeout,
-			PoolSize: c.PoolSize, TLSConfig: c.tlsConfig(),
+			PoolSize: c.PoolSize, TLSConfig: c.tlsConfig(), Protocol: Protocol,
 		})
 	case Cluster:
 		cc := redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: c.Addrs, Username: c.Username, Password: c.password,
 			DialTimeout: c.DialTimeout, ReadTimeout: c.ReadTimeout, WriteTimeout: c.WriteTimeout,
-			PoolSize: c.PoolSize, TLSConfig: c.tlsConfig(),
+			PoolSize: c.PoolSize, TLSConfig: c.tlsConfig(), Protocol: Protocol,
 			ClusterStateReloadInterval: ClusterStateReload,
 		})
 		cc.AddHook(reloadOnError{cc})
@@ -350,7 +356,7 @@ func (c *Conn) NewClient() redis.UniversalClient {
 	return redis.NewClient(&redis.Options{
 		Network: c.Network, Addr: c.Addrs[0], Username: c.Username, Password: c.password, DB: c.DB,
 		DialTimeout: c.DialTimeout, ReadTimeout: c.ReadTimeout, WriteTimeout: c.WriteTimeout,
-		PoolSize: c.PoolSize, TLSConfig: c.tlsConfig(),
+		PoolSize: c.PoolSize, TLSConfig: c.tlsConfig(), Protocol: Protocol,
 	})
 }
 

@@ -37,6 +37,7 @@ const (
 
 type options struct {
 	bin         string
+	compare     string // a second llmq binary measured in the same runs
 	jobs        int
 	concurrency int
 	runs        int
@@ -54,6 +55,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "bin/llmq", "the llmq binary to measure (make build)")
+	flag.StringVar(&o.compare, "compare", "", "a second llmq binary (say, main's) measured in the same runs, interleaved, to see a change's effect on a noisy machine")
 	flag.IntVar(&o.jobs, "jobs", defaultJobs, "jobs per run")
 	flag.IntVar(&o.concurrency, "concurrency", defaultConcurrency, "handler concurrency of each worker process")
 	flag.IntVar(&o.runs, "runs", defaultRuns, "runs per worker kind; the best is reported")
@@ -139,8 +141,13 @@ func run(o options) error {
 			return startBaseline(dir, self, o, queue, url)
 		}},
 		{"llmq worker", func(ctx context.Context, o options, queue, url string, profile bool) (*proc, error) {
-			return startLLMQ(ctx, dir, o, queue, url, profile)
+			return startLLMQ(ctx, dir, o.bin, o, queue, url, profile)
 		}},
+	}
+	if o.compare != "" {
+		kinds = append(kinds, kind{"llmq -compare binary", func(ctx context.Context, o options, queue, url string, _ bool) (*proc, error) {
+			return startLLMQ(ctx, dir, o.compare, o, queue, url, false)
+		}})
 	}
 	fmt.Printf("bench-overhead: %d jobs per run, 1 process × %d, instant fake upstream, own redis-server %s, best of %d\n",
 		o.jobs, o.concurrency, rs.addr, o.runs)
@@ -149,7 +156,7 @@ func run(o options) error {
 	for r := range o.runs {
 		for k, kd := range kinds { // interleaved, so load on the machine hits both alike
 			queue := fmt.Sprintf("ovh%d%c", r, 'a'+k)
-			profile := o.profileDir != "" && k == len(kinds)-1 && r == o.runs-1
+			profile := o.profileDir != "" && k == 1 && r == o.runs-1
 			m, err := measure(ctx, o, rs, fake, kd, queue, url, profile)
 			if err != nil {
 				return fmt.Errorf("%s, run %d: %w", kd.name, r+1, err)
@@ -173,6 +180,10 @@ func run(o options) error {
 			perJobMS(m.workerCPU, m.jobs), perJobMS(m.redisCPU, m.jobs), float64(total(m.commands))/float64(m.jobs))
 	}
 	fmt.Printf("ratio llmq/plain: %.2f× (target ≥ 0.80×)\n", best[1].rate/best[0].rate)
+	if o.compare != "" {
+		fmt.Printf("ratio -compare/plain: %.2f×; median CPU per job (worker + Redis), -bin %.3f ms, -compare %.3f ms\n",
+			best[2].rate/best[0].rate, median(cpu[1]), median(cpu[2]))
+	}
 	// On a shared machine the rates swing with other work; CPU per job
 	// barely does, so the ratio of the median CPU per job says the same
 	// with less noise.

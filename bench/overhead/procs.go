@@ -33,7 +33,7 @@ const (
 // (llmqtest/fleet) with llmq's defaults — no budget, no fallback, metrics
 // served as in production — and the run's queue, prefix and concurrency;
 // with profile, it serves its profiles (worker.pprof).
-func startLLMQ(ctx context.Context, dir string, o options, queue, url string, profile bool) (*proc, error) {
+func startLLMQ(ctx context.Context, dir, bin string, o options, queue, url string, profile bool) (*proc, error) {
 	s := config.Default()
 	s.RedisURL, s.Upstream.BaseURL = "redis://"+o.redisAddr+"/0", url
 	s.Prefix, s.Queue = queue, queue
@@ -47,7 +47,7 @@ func startLLMQ(ctx context.Context, dir string, o options, queue, url string, pr
 	if err := os.MkdirAll(fdir, 0o755); err != nil {
 		return nil, err
 	}
-	f, err := fleet.New(fleet.Config{Bin: o.bin, Dir: fdir, Settings: s, APIKey: benchKey, Metrics: profile, StartTimeout: registerWithin})
+	f, err := fleet.New(fleet.Config{Bin: bin, Dir: fdir, Settings: s, APIKey: benchKey, Metrics: profile, StartTimeout: registerWithin})
 	if err != nil {
 		return nil, err
 	}
