@@ -227,7 +227,7 @@ func (p *Producer) EnqueueBatch(ctx context.Context, r io.Reader, opts ...BatchO
 		return nil, err
 	}
 	defer cleanup()
-	entries, err := p.validateBatch(bo, src.first)
+	entries, err := p.validateBatch(ctx, bo, src.first)
 	if err != nil {
 		return nil, err
 	}
@@ -311,13 +311,17 @@ type verdict struct {
 
 // validateBatch parses and validates every line of r and returns the
 // batch's entries (job id and line) in input order, or a *BatchError.
+// When ctx ends it returns at once with an error matching ctx.Err(): its
+// goroutines stop at their next line, and a Read of r that is blocked (a
+// pipe that sends nothing) is left to return on its own (it cannot be
+// interrupted); nothing reads r after that Read.
 //
 // Three stages: one goroutine reads and parses the lines and checks what
 // depends on the lines before (custom_id repeats); GOMAXPROCS goroutines
 // validate the jobs (most of a line's CPU); this goroutine takes the
 // verdicts in input order, checks job id repeats and reports problems. A
 // bounded number of lines is in flight.
-func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchEntry, error) {
+func (p *Producer) validateBatch(ctx context.Context, bo batchOptions, r io.Reader) ([]results.BatchEntry, error) {
 	workers := runtime.GOMAXPROCS(0)
 	order := make(chan chan verdict, 4*workers) // one slot per line, in input order
 	type task struct {
@@ -352,7 +356,7 @@ func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchE
 		jr := jobs.NewReader(r)
 		seenCustom := map[string]int{}
 		requests := 0
-		for {
+		for ctx.Err() == nil {
 			job, line, err := jr.Next()
 			if errors.Is(err, io.EOF) {
 				return
@@ -367,7 +371,11 @@ func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchE
 				return
 			}
 			slot := make(chan verdict, 1)
-			order <- slot
+			select {
+			case order <- slot:
+			case <-ctx.Done():
+				return
+			}
 			if le != nil {
 				slot <- verdict{line: line, problem: le}
 				if errors.Is(le, jobs.ErrLineTooLong) {
@@ -391,7 +399,11 @@ func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchE
 				slot <- verdict{line: line, problem: lineProblem(line, nil, "batch_id", "%q differs from the batch being enqueued (%q)", job.BatchID, bo.batchID)}
 				continue
 			}
-			tasks <- task{job: job, line: line, slot: slot}
+			select {
+			case tasks <- task{job: job, line: line, slot: slot}:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
 
@@ -407,8 +419,23 @@ func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchE
 	}
 	seenID := map[string]int{}
 	var entries []results.BatchEntry
-	for slot := range order {
-		v := <-slot
+	cancelled := func() error { return fmt.Errorf("validate batch %q: %w", bo.batchID, ctx.Err()) }
+	for {
+		var slot chan verdict
+		select {
+		case slot = <-order:
+		case <-ctx.Done():
+			return nil, cancelled()
+		}
+		if slot == nil {
+			break // order is closed: every line is in
+		}
+		var v verdict
+		select {
+		case v = <-slot:
+		case <-ctx.Done(): // the reader stopped before the line's verdict
+			return nil, cancelled()
+		}
 		if v.problem != nil {
 			fail(v.problem)
 			continue
@@ -425,6 +452,9 @@ func (p *Producer) validateBatch(bo batchOptions, r io.Reader) ([]results.BatchE
 		entries = append(entries, results.BatchEntry{JobID: v.id, Line: v.line})
 	}
 	// order is closed: the reader is done and its variables are settled.
+	if err := ctx.Err(); err != nil { // the reader stopped early
+		return nil, cancelled()
+	}
 	if readErr != nil {
 		return nil, readErr
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/llmq/llmq/jobs"
 	"github.com/llmq/llmq/llmqtest"
@@ -190,5 +191,57 @@ func TestBatchImmutableSkipsTheSecondValidation(t *testing.T) {
 	rep, err := p.EnqueueBatch(context.Background(), in, producer.BatchID("trusted"), producer.Immutable())
 	if err != nil || rep.Enqueued != 3 {
 		t.Fatalf("Immutable: %+v %v, want the 3 jobs enqueued unchecked", rep, err)
+	}
+}
+
+// A cancel stops the first pass of a piped input at once: while lines keep
+// coming, and while the pipe sends nothing (a Read blocked in the pipe is
+// not waited for). The error matches the context's; nothing is registered
+// or enqueued.
+func TestBatchValidationStopsOnCancel(t *testing.T) {
+	env := llmqtest.Redis(t)
+	p := newProducer(t, env)
+	for _, idle := range []bool{false, true} {
+		t.Run(fmt.Sprintf("idle=%v", idle), func(t *testing.T) {
+			pr, pw := io.Pipe()
+			defer pr.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			const before = 1000 // lines the pipe carries before the cancel
+			go func() {
+				for i := 0; ; i++ {
+					if i == before {
+						cancel()
+						if idle {
+							return // the pipe stays open and sends nothing
+						}
+					}
+					if _, err := fmt.Fprintf(pw, `{"custom_id":"c%d","model":"m","messages":[{"role":"user","content":"q"}]}`+"\n", i); err != nil {
+						return // EnqueueBatch returned and the test closed the pipe
+					}
+				}
+			}()
+			done := make(chan error, 1)
+			go func() {
+				_, err := p.EnqueueBatch(ctx, pr, producer.BatchID("piped"), producer.SpoolDir(t.TempDir()))
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) {
+					t.Fatalf("err = %v, want context.Canceled", err)
+				}
+			case <-time.After(time.Minute): // a guard against a hang, not a timing
+				pw.CloseWithError(errors.New("test gave up"))
+				t.Fatal("EnqueueBatch did not return after its context was cancelled")
+			}
+			pw.Close()
+			if n := queueSize(t, env); n != 0 {
+				t.Fatalf("queue holds %d tasks after a cancelled batch", n)
+			}
+			if _, err := p.Store().Batch(context.Background(), "piped"); err == nil {
+				t.Fatal("the cancelled batch was registered")
+			}
+		})
 	}
 }
