@@ -158,3 +158,40 @@ func TestLockLostEndsTheWork(t *testing.T) {
 		t.Errorf("unlock removed another server's claim: lock holds %q", v)
 	}
 }
+
+// A server that cannot renew its claim (here its Redis client is closed:
+// Redis unreachable) stops its work before the claim lapses in Redis, so
+// no other server can claim the batch while this one still works on it:
+// when the work's context ends, the claim is still there.
+func TestLockWorkEndsBeforeTheClaimLapses(t *testing.T) {
+	env := llmqtest.Redis(t)
+	rdb := env.NewClient() // the server's own connection, cut below
+	s, err := New(Config{Redis: rdb, RedisOpt: env.Opt, Prefix: env.Prefix, Queue: env.Queue,
+		Clients: []Client{{Name: "alice", Key: "sk-lock-test-key-0123456789"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.lockTTL = 3 * time.Second // a margin of 500 ms: far more than a PTTL's round trip
+	ctx := context.Background()
+	lctx, unlock, ok, err := s.lock(ctx, "b1")
+	if err != nil || !ok {
+		t.Fatalf("lock: %v %v", ok, err)
+	}
+	defer unlock()
+	if err := rdb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lctx.Done():
+	case <-time.After(5 * s.lockTTL): // a guard against a hang, not a timing
+		t.Fatal("the work's context did not end when its claim could not be renewed")
+	}
+	ttl, err := env.Client.PTTL(ctx, s.st.lockKey("b1")).Result()
+	if err != nil || ttl <= 0 {
+		t.Fatalf("the claim had lapsed (PTTL %v, %v) when the work stopped: another server could have been working on the batch", ttl, err)
+	}
+	if !errors.Is(context.Cause(lctx), errLockLost) {
+		t.Errorf("cause %v, want errLockLost", context.Cause(lctx))
+	}
+}

@@ -39,6 +39,12 @@ const (
 	// defaultLockTTL bounds how long a dead server's claim on a batch
 	// lasts; a live one renews it every third of it.
 	defaultLockTTL = 30 * time.Second
+	// lockMarginDivisor sets the safety margin of a claim, lockTTL /
+	// lockMarginDivisor (5 s of the default 30 s): a server stops its work
+	// on a batch that long before its claim could lapse, so a command
+	// issued just before the work's deadline, or a renewal whose answer
+	// came late, still lands inside the claim.
+	lockMarginDivisor = 6
 	// lazyWait is how long a GET waits for the batch to advance before it
 	// answers with what is stored.
 	lazyWait = 250 * time.Millisecond
@@ -217,49 +223,75 @@ func (s *Service) kickAll(ctx context.Context, ids []string) {
 }
 
 // errLockLost is the cause of a lock's context ending because the claim
-// lapsed: another server may be working on the batch.
+// lapsed, or may have: another server may be working on the batch.
 var errLockLost = errors.New("batch lock lost")
 
 // lock claims batch id for this server. It returns ok=false when another
-// holds it. The claim is renewed until unlock is called; the context it
-// returns ends (cause errLockLost) when the claim is lost — renewal finds
-// another holder, or fails for longer than the claim lasts — so work on
-// the batch stops before two servers could write it at once.
+// holds it. The claim is renewed every third of lockTTL until unlock is
+// called. The context it returns ends (cause errLockLost) when renewal
+// finds another holder, and at the latest at the claim's deadline: the
+// start of the last successful renewal (or of the claim) + lockTTL − a
+// margin (lockTTL/lockMarginDivisor). A server that cannot renew (Redis
+// unreachable, the process stalled) thus stops its work before its claim
+// can expire and pass to another server, not a renewal tick after.
+//
+// A deadline rather than a fencing token: the work writes Redis through
+// asynq and the producer (enqueues, deletes), which cannot check a token,
+// so fencing would cover only part of the writes; a deadline covers all
+// of them, as long as the process is not frozen between checking its
+// context and a write for longer than the margin. Times are measured on
+// the monotonic clock, from before each command is sent, so a late answer
+// only shortens the claim as this server sees it.
 func (s *Service) lock(ctx context.Context, id string) (lctx context.Context, unlock func(), ok bool, err error) {
 	token := newID("")
 	key := s.st.lockKey(id)
+	live := s.lockTTL - s.lockTTL/lockMarginDivisor // how long a claim is worked on after it was set or renewed
+	sent := time.Now()
 	ok, err = s.cfg.Redis.SetNX(ctx, key, token, s.lockTTL).Result()
 	if err != nil || !ok {
 		return nil, nil, false, err
 	}
 	lctx, cancel := context.WithCancelCause(ctx)
+	lapse := time.AfterFunc(time.Until(sent.Add(live)), func() {
+		s.log.Warn().Str("batch_id", id).Msg("batchapi: could not renew the claim on a batch; stopping its work")
+		cancel(errLockLost)
+	})
 	stop := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
 		t := time.NewTicker(s.lockTTL / 3)
 		defer t.Stop()
-		renewed := time.Now()
 		for {
 			select {
 			case <-stop:
 				return
 			case <-t.C:
 			}
-			held, err := s.renew.Run(context.WithoutCancel(ctx), s.cfg.Redis, []string{key}, token, s.lockTTL.Milliseconds()).Int()
+			sent := time.Now()
+			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), live)
+			held, err := s.renew.Run(rctx, s.cfg.Redis, []string{key}, token, s.lockTTL.Milliseconds()).Int()
+			rcancel()
 			switch {
 			case err == nil && held == 1:
-				renewed = time.Now()
-			case err == nil, time.Since(renewed) >= s.lockTTL:
+				if !lapse.Stop() {
+					return // the deadline passed while renewing: the work has stopped
+				}
+				lapse.Reset(time.Until(sent.Add(live)))
+			case err == nil:
+				lapse.Stop()
 				s.log.Warn().Str("batch_id", id).Msg("batchapi: lost the claim on a batch; stopping its work")
 				cancel(errLockLost)
 				return
 			}
+			// A failed renewal leaves the deadline where it is: the next
+			// tick tries again.
 		}
 	}()
 	return lctx, func() {
 		close(stop)
 		<-stopped
+		lapse.Stop()
 		cancel(nil)
 		_ = s.release.Run(context.WithoutCancel(ctx), s.cfg.Redis, []string{key}, token).Err()
 	}, true, nil
