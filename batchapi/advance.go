@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/llmq/llmq/jobs"
@@ -72,8 +71,7 @@ func (s *Service) step(ctx context.Context, rec *batchRecord) (bool, error) {
 	switch b.Status {
 	case StatusValidating:
 		if cancelAt != nil {
-			b.Status, b.CancellingAt, b.CancelledAt = StatusCancelled, cancelAt, ptr(now.Unix())
-			return true, s.finish(ctx, rec)
+			return true, s.cancelUnstarted(ctx, rec, cancelAt)
 		}
 		return true, s.start(ctx, rec)
 	case StatusInProgress:
@@ -121,6 +119,31 @@ func (s *Service) cancelRequested(ctx context.Context, id string) (*int64, error
 		return nil, fmt.Errorf("read cancel of batch %s: %w", id, err)
 	}
 	return &v, nil
+}
+
+// errCancelRequested is the cause of an enqueue stopped by the batch's
+// cancel.
+var errCancelRequested = errors.New("batch cancel requested")
+
+// cancelUnstarted ends a batch cancelled before its enqueue finished (the
+// cancel stopped it, or came before it began, or the server enqueueing it
+// died). With no job registered it is cancelled at once; otherwise the
+// jobs registered so far are the batch, and it goes cancelling: the next
+// step removes those queued and writes the files of those that ran.
+func (s *Service) cancelUnstarted(ctx context.Context, rec *batchRecord, cancelAt *int64) error {
+	b := &rec.Batch
+	now := s.cfg.Now().Unix()
+	st, err := s.results.Batch(ctx, b.ID)
+	switch {
+	case errors.Is(err, results.ErrNotFound):
+		b.Status, b.CancellingAt, b.CancelledAt = StatusCancelled, cancelAt, ptr(now)
+		return s.finish(ctx, rec)
+	case err != nil:
+		return err
+	}
+	b.Status, b.InProgressAt, b.CancellingAt = StatusCancelling, ptr(now), cancelAt
+	b.RequestCounts.Total = st.Total
+	return s.st.saveBatch(ctx, rec)
 }
 
 // finish saves a batch that reached a final status and drops it from the
@@ -172,7 +195,10 @@ func checkLine(j *jobs.Job) error {
 // MaxRequests and MaxBatchErrors, whatever the file's size. Any problem
 // fails the batch with every problem and its line, and nothing runs.
 // Enqueueing is idempotent: a server that dies mid-way leaves a batch the
-// next one enqueues again, skipping the jobs already there.
+// next one enqueues again, skipping the jobs already there. A cancel
+// stops the submission within a progress report (a few hundred jobs):
+// the jobs registered are the batch, which goes cancelling
+// (cancelUnstarted).
 func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	b := &rec.Batch
 	frec, err := s.st.file(ctx, rec.Tenant, b.InputFileID)
@@ -189,14 +215,32 @@ func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 		return err
 	}
 	problems := &problemList{}
-	rep, err := s.prod.EnqueueBatch(ctx, s.st.content(ctx, frec), producer.BatchID(b.ID),
+	// A cancel stops the submission: the producer reports progress every
+	// few hundred jobs, and each report reads the batch's cancel.
+	ectx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	progress := func(done, total int) {
+		if s.onProgress != nil {
+			s.onProgress(done, total)
+		}
+		if at, err := s.cancelRequested(ectx, b.ID); err == nil && at != nil {
+			stop(errCancelRequested)
+		}
+	}
+	rep, err := s.prod.EnqueueBatch(ectx, s.st.content(ectx, frec), producer.BatchID(b.ID),
 		producer.JobOptions(producer.Queue(rec.Queue)), producer.MaxJobs(s.cfg.MaxRequests), producer.Immutable(),
-		producer.CheckLine(checkLine), producer.OnProblem(problems.add))
+		producer.CheckLine(checkLine), producer.OnProblem(problems.add), producer.Progress(progress))
 	var (
 		berr *producer.BatchError
 		cerr *producer.ConflictError
 	)
 	switch {
+	case err != nil && errors.Is(context.Cause(ectx), errCancelRequested) && ctx.Err() == nil:
+		at, err := s.cancelRequested(ctx, b.ID)
+		if err != nil {
+			return err
+		}
+		return s.cancelUnstarted(ctx, rec, at)
 	case errors.As(err, &berr):
 		if berr.TooMany > 0 {
 			problems.errs = append(problems.errs, BatchError{Code: CodeTooManyRequests,
@@ -297,10 +341,17 @@ func (s *Service) counts(ctx context.Context, rec *batchRecord) (RequestCounts, 
 
 // removeQueued deletes the batch's jobs that have not run (pending,
 // scheduled, waiting for a retry) from its queue and records each as
-// removed; jobs in flight are left to finish.
+// removed, with its custom_id (through the API a job id is always
+// <batch id>:<custom_id>); jobs in flight are left to finish and store
+// their result. A job that finished between the export and the delete has
+// its result: it counts as done, not removed. Running it again (after a
+// crash) removes and records only what is left. It costs a few round
+// trips per producer.RemoveChunk jobs, and one pass over the queue's
+// pending list per chunk.
 func (s *Service) removeQueued(ctx context.Context, rec *batchRecord) error {
 	id := rec.Batch.ID
-	removed, err := s.cfg.Redis.HGetAll(ctx, s.st.removedKey(id)).Result()
+	removedKey := s.st.removedKey(id)
+	removed, err := s.cfg.Redis.HGetAll(ctx, removedKey).Result()
 	if err != nil {
 		return fmt.Errorf("read removed requests of batch %s: %w", id, err)
 	}
@@ -314,34 +365,44 @@ func (s *Service) removeQueued(ctx context.Context, rec *batchRecord) error {
 	if err != nil {
 		return err
 	}
-	for _, jobID := range todo {
-		customID := strings.TrimPrefix(jobID, id+":")
-		info, err := s.inspect.GetTaskInfo(rec.Queue, jobID)
-		switch {
-		case errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
-		case err != nil:
-			return fmt.Errorf("batch %s: read job %s: %w", id, jobID, err)
-		case info.State == asynq.TaskStateActive:
-			continue // in flight: it finishes and stores its result
-		default:
-			if j, err := jobs.Decode(info.Payload); err == nil && j.CustomID != "" {
-				customID = j.CustomID
-			}
-			if err := s.inspect.DeleteTask(rec.Queue, jobID); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
-				continue // it started meanwhile
+	for start := 0; start < len(todo); start += producer.RemoveChunk {
+		chunk := todo[start:min(start+producer.RemoveChunk, len(todo))]
+		found, err := s.prod.RemoveQueued(ctx, rec.Queue, chunk)
+		if err != nil {
+			return fmt.Errorf("batch %s: %w", id, err)
+		}
+		// The results are read after the delete, in one round trip.
+		pipe := s.cfg.Redis.Pipeline()
+		reads := make([]func() (*jobs.Result, error), len(chunk))
+		for i, jobID := range chunk {
+			if found[i] != producer.InFlight { // in flight: it finishes and stores its result
+				reads[i] = s.results.GetIn(ctx, pipe, jobID)
 			}
 		}
-		// A job that finished between the export and the delete has its
-		// result: it counts as done, not removed.
-		if _, err := s.results.Get(ctx, jobID); err == nil {
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("batch %s: read results: %w", id, err)
+		}
+		var fields []any
+		for i, jobID := range chunk {
+			if reads[i] == nil {
+				continue
+			}
+			if _, err := reads[i](); err == nil {
+				continue // it finished meanwhile: done, not removed
+			} else if !errors.Is(err, results.ErrNotFound) {
+				return err
+			}
+			fields = append(fields, jobID, strings.TrimPrefix(jobID, id+jobs.IDSeparator))
+		}
+		if len(fields) == 0 {
 			continue
-		} else if !errors.Is(err, results.ErrNotFound) {
-			return err
 		}
-		if err := s.cfg.Redis.HSet(ctx, s.st.removedKey(id), jobID, customID).Err(); err != nil {
-			return fmt.Errorf("record removed request of batch %s: %w", id, err)
+		pipe = s.cfg.Redis.TxPipeline()
+		pipe.HSet(ctx, removedKey, fields...)
+		pipe.Expire(ctx, removedKey, s.cfg.FileTTL)
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("record removed requests of batch %s: %w", id, err)
 		}
-		s.cfg.Redis.Expire(ctx, s.st.removedKey(id), s.cfg.FileTTL)
 	}
 	return nil
 }

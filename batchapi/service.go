@@ -99,6 +99,9 @@ type Service struct {
 	release  *redis.Script
 	lockTTL  time.Duration
 	log      zerolog.Logger
+	// onProgress, when set (by tests), hears each progress report of a
+	// batch's enqueue before the report reads the batch's cancel.
+	onProgress func(done, total int)
 }
 
 // New checks cfg and returns a Service. It fails with ErrNoClients when no

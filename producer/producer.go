@@ -39,6 +39,7 @@ type Producer struct {
 	insp   *asynq.Inspector
 	rdb    redis.UniversalClient
 	store  *results.Store
+	remove *redis.Script // remove.lua, for RemoveQueued
 	o      options
 
 	mu       sync.RWMutex
@@ -145,6 +146,7 @@ func New(redisOpt asynq.RedisConnOpt, opts ...Option) (*Producer, error) {
 		insp:     asynq.NewInspectorFromRedisClient(rdb),
 		rdb:      rdb,
 		store:    results.NewStore(rdb, o.prefix, o.resultTTL),
+		remove:   redis.NewScript(removeLua),
 		o:        o,
 		queues:   []string{o.queue},
 		queueSet: map[string]bool{o.queue: true},

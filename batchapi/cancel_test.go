@@ -1,0 +1,222 @@
+package batchapi
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/rs/zerolog"
+
+	"github.com/llmq/llmq/jobs"
+	"github.com/llmq/llmq/llmqtest"
+	"github.com/llmq/llmq/producer"
+)
+
+const cancelTestKey = "sk-cancel-test-key-0123456789"
+
+// A cancel that comes while a batch's jobs are being enqueued stops the
+// enqueue (no more jobs are queued), and the batch ends cancelled with
+// every request in the error file as batch_cancelled under its custom_id;
+// nothing is left queued. The cancel is sent through the SDK from the
+// enqueue's first progress report, so it always comes mid-enqueue.
+func TestCancelStopsTheEnqueue(t *testing.T) {
+	env := llmqtest.Redis(t)
+	s, err := New(Config{Redis: env.Client, RedisOpt: env.Opt, Prefix: env.Prefix, Queue: env.Queue,
+		Clients: []Client{{Name: "alice", Key: cancelTestKey}}, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	q := TenantQueue(env.Queue, "alice")
+	t.Cleanup(func() {
+		srv.Close()
+		s.Close()
+		ctx := context.Background()
+		if keys, _ := env.Client.Keys(ctx, "asynq:{"+q+"}*").Result(); len(keys) > 0 {
+			env.Client.Del(ctx, keys...)
+		}
+		env.Client.SRem(ctx, "asynq:queues", q)
+	})
+	c := openai.NewClient(option.WithBaseURL(srv.URL+"/v1/"), option.WithAPIKey(cancelTestKey), option.WithMaxRetries(0))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	const n = 3000 // a dozen progress reports
+	var (
+		batchID   = make(chan string, 1)
+		once      sync.Once
+		cancelErr error
+		maxDone   atomic.Int64
+	)
+	s.onProgress = func(done, total int) {
+		for {
+			m := maxDone.Load()
+			if int64(done) <= m || maxDone.CompareAndSwap(m, int64(done)) {
+				break
+			}
+		}
+		once.Do(func() {
+			select {
+			case id := <-batchID:
+				_, cancelErr = c.Batches.Cancel(ctx, id)
+			case <-ctx.Done():
+				cancelErr = ctx.Err()
+			}
+		})
+	}
+	var in strings.Builder
+	for i := range n {
+		fmt.Fprintf(&in, `{"custom_id":"req-%d","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"p %d"}]}}`+"\n", i, i)
+	}
+	f, err := c.Files.New(ctx, openai.FileNewParams{File: openai.File(strings.NewReader(in.String()), "in.jsonl", "application/jsonl"), Purpose: openai.FilePurposeBatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Batches.New(ctx, openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions, CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batchID <- b.ID
+	for b.Status != openai.BatchStatusCancelled {
+		if ctx.Err() != nil {
+			t.Fatalf("batch %s still %s", b.ID, b.Status)
+		}
+		time.Sleep(20 * time.Millisecond) // polls the API as a client does; the deadline above bounds it
+		if b, err = c.Batches.Get(ctx, b.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	once.Do(func() {})
+	if cancelErr != nil {
+		t.Fatalf("cancel: %v", cancelErr)
+	}
+	if got := maxDone.Load(); got >= n {
+		t.Fatalf("all %d jobs were enqueued after the cancel: the enqueue did not stop", got)
+	}
+	if rc := b.RequestCounts; rc.Total != n || rc.Failed != n || rc.Completed != 0 {
+		t.Fatalf("request counts %+v, want %d failed of %d", rc, n, n)
+	}
+	if b.OutputFileID != "" {
+		t.Errorf("output file %s for a batch where nothing ran", b.OutputFileID)
+	}
+	res, err := c.Files.Content(ctx, b.ErrorFileID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(res.Body)
+	for sc.Scan() {
+		var l jobs.OutputLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatal(err)
+		}
+		if l.Error == nil || l.Error.Code != CodeBatchCancelled || seen[l.CustomID] || !strings.HasPrefix(l.CustomID, "req-") {
+			t.Fatalf("error line %s", sc.Bytes())
+		}
+		seen[l.CustomID] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("%d requests in the error file, want %d", len(seen), n)
+	}
+	if queued, err := env.Client.LLen(ctx, "asynq:{"+q+"}:pending").Result(); err != nil || queued != 0 {
+		t.Fatalf("%d jobs still queued for the cancelled batch (%v)", queued, err)
+	}
+}
+
+// removeQueued records every queued job of the batch as removed under its
+// custom_id and deletes its task; a job in flight (run by a real asynq
+// server) is left to finish, not recorded; a job with a result counts as
+// done; a second run changes nothing.
+func TestRemoveQueuedKeepsInFlightAndDone(t *testing.T) {
+	env := llmqtest.Redis(t)
+	s, err := New(Config{Redis: env.Client, RedisOpt: env.Opt, Prefix: env.Prefix, Queue: env.Queue,
+		Clients: []Client{{Name: "alice", Key: cancelTestKey}}, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	q := TenantQueue(env.Queue, "alice")
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if keys, _ := env.Client.Keys(ctx, "asynq:{"+q+"}*").Result(); len(keys) > 0 {
+			env.Client.Del(ctx, keys...)
+		}
+		env.Client.SRem(ctx, "asynq:queues", q)
+	})
+	ctx := context.Background()
+	const n = 2500 // three chunks
+	var in strings.Builder
+	for i := range n {
+		fmt.Fprintf(&in, `{"custom_id":"req-%d","model":"m","messages":[{"role":"user","content":"p"}]}`+"\n", i)
+	}
+	rec := &batchRecord{Batch: Batch{ID: "batch_rq", Status: StatusCancelling}, Tenant: "alice", Queue: q}
+	if _, err := s.prod.EnqueueBatch(ctx, strings.NewReader(in.String()), producer.BatchID(rec.Batch.ID), producer.JobOptions(producer.Queue(q))); err != nil {
+		t.Fatal(err)
+	}
+	// req-7 has its result (it ran); the server below takes the oldest
+	// queued job, req-0, and holds it in flight.
+	done := jobs.JobID(rec.Batch.ID, "req-7")
+	if _, err := s.results.Save(ctx, &jobs.Result{JobID: done, BatchID: rec.Batch.ID, CustomID: "req-7", Status: jobs.StatusSucceeded}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.inspect.DeleteTask(q, done); err != nil {
+		t.Fatal(err)
+	}
+	release, started := make(chan struct{}), make(chan string, 1)
+	srv := asynq.NewServer(env.Opt, asynq.Config{Queues: map[string]int{q: 1}, Concurrency: 1, LogLevel: asynq.FatalLevel})
+	mux := asynq.NewServeMux()
+	mux.HandleFunc(jobs.TaskType, func(ctx context.Context, task *asynq.Task) error {
+		started <- task.ResultWriter().TaskID()
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	if err := srv.Start(mux); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	defer close(release)
+	var active string
+	select {
+	case active = <-started:
+	case <-time.After(time.Minute): // a guard against a hang, not a timing
+		t.Fatal("the server did not start a job")
+	}
+	srv.Stop() // it takes no more jobs; the one in flight stays active
+	for run := range 2 {
+		if err := s.removeQueued(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		removed, err := env.Client.HGetAll(ctx, s.st.removedKey(rec.Batch.ID)).Result()
+		if err != nil || len(removed) != n-2 {
+			t.Fatalf("run %d: %d removed (%v), want %d", run, len(removed), err, n-2)
+		}
+		if removed[active] != "" || removed[done] != "" {
+			t.Fatalf("run %d: the job in flight or done was recorded removed", run)
+		}
+		for jobID, customID := range removed {
+			if jobs.JobID(rec.Batch.ID, customID) != jobID {
+				t.Fatalf("run %d: %s recorded with custom_id %q", run, jobID, customID)
+			}
+		}
+		if info, err := s.inspect.GetTaskInfo(q, active); err != nil || info.State != asynq.TaskStateActive {
+			t.Fatalf("run %d: the job in flight: %+v %v", run, info, err)
+		}
+		if queued, err := env.Client.LLen(ctx, "asynq:{"+q+"}:pending").Result(); err != nil || queued != 0 {
+			t.Fatalf("run %d: %d jobs still queued (%v)", run, queued, err)
+		}
+	}
+}

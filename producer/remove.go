@@ -1,0 +1,72 @@
+package producer
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+)
+
+// RemoveChunk is how many tasks one Redis call of RemoveQueued handles.
+const RemoveChunk = 1000
+
+// Removal is what RemoveQueued found of one job's task.
+type Removal int
+
+// The outcomes of RemoveQueued.
+const (
+	// NotQueued: the queue holds no task of the job (never enqueued, or
+	// already deleted or gone).
+	NotQueued Removal = iota
+	// Removed: the task had not started (pending, scheduled, waiting for
+	// a retry); it is deleted and will not run.
+	Removed
+	// InFlight: a worker is running the task (asynq's active state); it is
+	// left to finish and store its result.
+	InFlight
+)
+
+// asynq v0.26's key layout of a queue (internal/base): QueueKeyPrefix,
+// PendingKey, AllGroups, GroupKeyPrefix. TestRemoveQueuedAsAsynq checks
+// RemoveQueued against asynq's Inspector.
+func queuePrefix(queue string) string { return "asynq:{" + queue + "}:" }
+
+//go:embed remove.lua
+var removeLua string
+
+// RemoveQueued deletes the tasks of jobs ids in queue that have not
+// started, as asynq's Inspector.DeleteTask does one at a time, and
+// reports what it found of each (out[i] is ids[i]'s). It costs one round
+// trip and one pass over the queue's pending list per RemoveChunk ids,
+// where DeleteTask costs two round trips and a scan of the whole pending
+// list per task (minutes for tens of thousands of tasks). Each chunk is
+// atomic: a task is deleted only if it has not started.
+func (p *Producer) RemoveQueued(ctx context.Context, queue string, ids []string) ([]Removal, error) {
+	out := make([]Removal, 0, len(ids))
+	prefix := queuePrefix(queue)
+	for start := 0; start < len(ids); start += RemoveChunk {
+		chunk := ids[start:min(start+RemoveChunk, len(ids))]
+		keys := make([]string, 0, 2+len(chunk))
+		args := make([]any, 0, 2+len(chunk))
+		keys = append(keys, prefix+"pending", prefix+"groups")
+		args = append(args, prefix, prefix+"g:")
+		for _, id := range chunk {
+			keys = append(keys, taskKey(queue, id))
+			args = append(args, id)
+		}
+		res, err := p.remove.Run(ctx, p.rdb, keys, args...).Int64Slice()
+		if err != nil {
+			return out, fmt.Errorf("remove %d queued jobs from %s: %w", len(chunk), queue, err)
+		}
+		for _, r := range res {
+			switch r {
+			case 1:
+				out = append(out, Removed)
+			case -1:
+				out = append(out, InFlight)
+			default:
+				out = append(out, NotQueued)
+			}
+		}
+	}
+	return out, nil
+}
