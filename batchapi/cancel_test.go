@@ -170,7 +170,9 @@ func TestRemoveQueuedKeepsInFlightAndDone(t *testing.T) {
 	if _, err := s.results.Save(ctx, &jobs.Result{JobID: done, BatchID: rec.Batch.ID, CustomID: "req-7", Status: jobs.StatusSucceeded}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.inspect.DeleteTask(q, done); err != nil {
+	insp := asynq.NewInspector(env.Opt)
+	defer insp.Close()
+	if err := insp.DeleteTask(q, done); err != nil {
 		t.Fatal(err)
 	}
 	release, started := make(chan struct{}), make(chan string, 1)
@@ -212,7 +214,7 @@ func TestRemoveQueuedKeepsInFlightAndDone(t *testing.T) {
 				t.Fatalf("run %d: %s recorded with custom_id %q", run, jobID, customID)
 			}
 		}
-		if info, err := s.inspect.GetTaskInfo(q, active); err != nil || info.State != asynq.TaskStateActive {
+		if info, err := insp.GetTaskInfo(q, active); err != nil || info.State != asynq.TaskStateActive {
 			t.Fatalf("run %d: the job in flight: %+v %v", run, info, err)
 		}
 		if queued, err := env.Client.LLen(ctx, "asynq:{"+q+"}:pending").Result(); err != nil || queued != 0 {

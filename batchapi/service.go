@@ -92,7 +92,6 @@ type Service struct {
 	keys     *keyring
 	prod     *producer.Producer
 	results  *results.Store
-	inspect  *asynq.Inspector
 	tenantQs map[string]string
 	metrics  *apiMetrics
 	renew    *redis.Script
@@ -151,7 +150,6 @@ func New(cfg Config) (*Service, error) {
 		keys:     newKeyring(cfg.Clients),
 		prod:     prod,
 		results:  prod.Store(),
-		inspect:  asynq.NewInspectorFromRedisClient(cfg.Redis),
 		tenantQs: map[string]string{},
 		metrics:  newAPIMetrics(),
 		renew:    redis.NewScript(renewLua),
