@@ -127,6 +127,15 @@ func (c *checker) id(path, v string, required bool) {
 }
 
 func (c *checker) body(body json.RawMessage) {
+	if req, ok := fastRequest(body); ok {
+		c.req = req
+		return
+	}
+	c.readBody(body)
+}
+
+// readBody checks any body, reading it as encoding/json does.
+func (c *checker) readBody(body json.RawMessage) {
 	switch {
 	case len(bytes.TrimSpace(body)) == 0:
 		c.add("body", "is required: an OpenAI chat-completions request object")

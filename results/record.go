@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/llmq/llmq/internal/jsonscan"
 	"github.com/llmq/llmq/jobs"
 )
 
@@ -15,10 +16,6 @@ import (
 // worker's common record is written here directly (appendRecord) and
 // json.Marshal writes every record this writer is not sure to write the
 // same way.
-
-// maxCanonicalDepth bounds the nesting canonicalJSON follows; deeper bodies
-// go to json.Marshal, which knows its own limit.
-const maxCanonicalDepth = 1000
 
 // encodeRecord returns the stored form of r: its JSON, valid UTF-8 (see
 // validUTF8).
@@ -147,145 +144,6 @@ func canonicalJSON(b []byte) bool {
 	if len(b) == 0 {
 		return true
 	}
-	end, ok := canonicalValue(b, 0, 0)
+	end, ok := jsonscan.Value(b, 0, jsonscan.Options{HTMLSafe: true})
 	return ok && end == len(b)
-}
-
-// canonicalValue checks the value at b[i:] and returns where it ends.
-func canonicalValue(b []byte, i, depth int) (int, bool) {
-	if i >= len(b) {
-		return i, false
-	}
-	switch c := b[i]; {
-	case c == '"':
-		return canonicalString(b, i)
-	case c == '{':
-		return canonicalContainer(b, i, depth, '}')
-	case c == '[':
-		return canonicalContainer(b, i, depth, ']')
-	case c == '-' || c >= '0' && c <= '9':
-		return number(b, i)
-	case c == 't':
-		return literal(b, i, "true")
-	case c == 'f':
-		return literal(b, i, "false")
-	case c == 'n':
-		return literal(b, i, "null")
-	}
-	return i, false
-}
-
-// canonicalContainer checks the object or array opening at b[i]; closer
-// is '}' or ']'.
-func canonicalContainer(b []byte, i, depth int, closer byte) (int, bool) {
-	if depth >= maxCanonicalDepth {
-		return i, false
-	}
-	i++
-	if i < len(b) && b[i] == closer {
-		return i + 1, true
-	}
-	for {
-		var ok bool
-		if closer == '}' {
-			if i >= len(b) || b[i] != '"' {
-				return i, false
-			}
-			if i, ok = canonicalString(b, i); !ok || i >= len(b) || b[i] != ':' {
-				return i, false
-			}
-			i++
-		}
-		if i, ok = canonicalValue(b, i, depth+1); !ok || i >= len(b) {
-			return i, false
-		}
-		switch b[i] {
-		case ',':
-			i++
-		case closer:
-			return i + 1, true
-		default:
-			return i, false
-		}
-	}
-}
-
-// canonicalString checks the string opening at b[i].
-func canonicalString(b []byte, i int) (int, bool) {
-	for i++; i < len(b); i++ {
-		switch c := b[i]; {
-		case c == '"':
-			return i + 1, true
-		case c < 0x20, c == '<', c == '>', c == '&':
-			return i, false
-		case c == 0xE2 && i+2 < len(b) && b[i+1] == 0x80 && b[i+2]&^1 == 0xA8: // U+2028, U+2029
-			return i, false
-		case c == '\\':
-			i++
-			if i >= len(b) {
-				return i, false
-			}
-			switch b[i] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			case 'u':
-				if i+4 >= len(b) || !isHex(b[i+1]) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) {
-					return i, false
-				}
-				i += 4
-			default:
-				return i, false
-			}
-		}
-	}
-	return i, false
-}
-
-func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
-
-// number checks the number at b[i]: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-func number(b []byte, i int) (int, bool) {
-	if b[i] == '-' {
-		i++
-	}
-	switch {
-	case i < len(b) && b[i] == '0':
-		i++
-	case i < len(b) && b[i] >= '1' && b[i] <= '9':
-		i = digits(b, i)
-	default:
-		return i, false
-	}
-	if i < len(b) && b[i] == '.' {
-		j := digits(b, i+1)
-		if j == i+1 {
-			return j, false
-		}
-		i = j
-	}
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		j := digits(b, i)
-		if j == i {
-			return j, false
-		}
-		i = j
-	}
-	return i, true
-}
-
-func digits(b []byte, i int) int {
-	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-		i++
-	}
-	return i
-}
-
-func literal(b []byte, i int, lit string) (int, bool) {
-	if len(b)-i < len(lit) || string(b[i:i+len(lit)]) != lit {
-		return i, false
-	}
-	return i + len(lit), true
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmq/llmq/internal/jsonscan"
 	"github.com/llmq/llmq/jobs"
 )
 
@@ -81,7 +82,7 @@ func TestRecordIsMarshalsForm(t *testing.T) {
 		"two values":        func(r *jobs.Result) { r.Response = json.RawMessage(`{}{}`) },
 		"bad escape":        func(r *jobs.Result) { r.Response = json.RawMessage(`"\x"`) },
 		"control in string": func(r *jobs.Result) { r.Response = json.RawMessage("\"a\nb\"") },
-		"deep body":         func(r *jobs.Result) { r.Response = json.RawMessage(deep(maxCanonicalDepth + 5)) },
+		"deep body":         func(r *jobs.Result) { r.Response = json.RawMessage(deep(jsonscan.MaxDepth + 5)) },
 		"too deep body":     func(r *jobs.Result) { r.Response = json.RawMessage(deep(10001)) },
 	} {
 		t.Run(name, func(t *testing.T) {
