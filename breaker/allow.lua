@@ -3,15 +3,16 @@
 -- KEYS[1]  state hash: state, open_until, lease_until, lease_token, streak
 --          (consecutive failures), opened_at, trips (times in ms of the
 --          callers' clock)
--- KEYS[2]  window hash: a ring of buckets over the rolling window; slot i
---          holds b<i> (the bucket number, now // bucket width), c<i> (calls
---          allowed in it) and f<i> (failures recorded in it)
+-- KEYS[2]  window hash: the calls (c<n>) and failures (f<n>) of each
+--          bucket n = now // bucket width that had any; fields of buckets
+--          that left the window are stale (record.lua and the worker's gate
+--          read prune them)
 -- ARGV[1]  now (ms)
 -- ARGV[2]  probe lease (ms): how long the probe owns the half-open period
 -- ARGV[3]  token identifying this caller, should it become the probe
 -- ARGV[4]  key ttl (ms), garbage collection only
 -- ARGV[5]  bucket width (ms)
--- ARGV[6]  buckets in the window
+-- ARGV[6]  buckets in the window (unused here; as record.lua)
 --
 -- Returns {allowed, probe, state, retry_at, from, streak}: allowed/probe
 -- are 0|1, state is what the caller saw (closed|open|half_open), retry_at
@@ -21,19 +22,15 @@
 --
 -- A closed breaker counts the call in the current bucket: the calls of the
 -- failure rate are counted when they are allowed, so that a success has
--- nothing to record (see record.lua).
+-- nothing to record (see record.lua). The count is a plain HINCRBY, so the
+-- worker's gate read (Breaker.AllowIn) counts a call without a script.
 local now = tonumber(ARGV[1])
 local h = redis.call('HMGET', KEYS[1], 'state', 'open_until', 'lease_until', 'streak')
 local state = h[1]
 if not state or state == 'closed' then
   local bucket = math.floor(now / tonumber(ARGV[5]))
-  local slot = bucket % tonumber(ARGV[6])
-  if tonumber(redis.call('HGET', KEYS[2], 'b' .. slot)) == bucket then
-    redis.call('HINCRBY', KEYS[2], 'c' .. slot, 1)
-  else
-    redis.call('HSET', KEYS[2], 'b' .. slot, bucket, 'c' .. slot, 1, 'f' .. slot, 0)
-    redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  end
+  redis.call('HINCRBY', KEYS[2], 'c' .. string.format('%d', bucket), 1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
   return {1, 0, 'closed', 0, '', tonumber(h[4]) or 0}
 end
 if state == 'open' then

@@ -186,9 +186,11 @@ type Status struct {
 // injectable clock), and counts the half-open probe in that state with no
 // lease, so a probe whose process dies leaves the breaker half-open for
 // good. The state machine here is two small Lua scripts (allow.lua,
-// record.lua): a ring of buckets (calls, failures) for the rolling window,
-// a hash with the state, the failures in a row, the open interval's end
-// and the probe's lease.
+// record.lua): a hash of per-bucket counters (calls, failures) for the
+// rolling window, a hash with the state, the failures in a row, the open
+// interval's end and the probe's lease. A closed breaker's common path —
+// count the call, end a streak — is plain commands the worker batches
+// with its own (AllowIn, SuccessIn).
 //
 // Cost on the job's path: Allow is one round trip, and counts the call in
 // the window (so the failure rate needs no record of successes). Record is
@@ -199,7 +201,6 @@ type Breaker struct {
 	cfg    Config
 	allow  *redis.Script
 	record *redis.Script
-	peek   *redis.Script
 	id     string // distinguishes this Breaker's probe tokens
 	seq    atomic.Uint64
 	scope  string        // the key scope: Scope, plus id when PerProcess
@@ -209,6 +210,9 @@ type Breaker struct {
 	// saw (from Allow and Record replies): a success is sent to Redis only
 	// when there is a streak to end.
 	streaks sync.Map // model -> *atomic.Int64
+	// prunedAt holds, per model, the last bucket whose stale window
+	// fields this process pruned (AllowIn).
+	prunedAt sync.Map // model -> *atomic.Int64
 }
 
 // New returns a Breaker on rdb. It checks cfg, naming any invalid field; it
@@ -272,7 +276,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Breaker, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, fmt.Errorf("breaker: reading random bytes for probe tokens failed: %w", err)
 	}
-	br := &Breaker{rdb: rdb, cfg: cfg, allow: redis.NewScript(allowLua), record: redis.NewScript(recordLua), peek: redis.NewScript(peekLua),
+	br := &Breaker{rdb: rdb, cfg: cfg, allow: redis.NewScript(allowLua), record: redis.NewScript(recordLua),
 		id: hex.EncodeToString(b[:]), scope: cfg.Scope}
 	br.nb = min(WindowBuckets, cfg.Window.Milliseconds())
 	br.width = time.Duration((cfg.Window.Milliseconds()+br.nb-1)/br.nb) * time.Millisecond
@@ -295,9 +299,12 @@ func (b *Breaker) Key(model string) string {
 // windowSuffix names the window hash beside the state hash.
 const windowSuffix = ":window"
 
-// streakField is the state hash's field holding the failures in a row
-// (allow.lua, record.lua); absent means 0.
-const streakField = "streak"
+// Fields of the state hash read outside the scripts: the state (absent
+// means closed) and the failures in a row (absent means 0).
+const (
+	stateField  = "state"
+	streakField = "streak"
+)
 
 func (b *Breaker) windowKey(model string) string { return b.Key(model) + windowSuffix }
 
@@ -415,7 +422,7 @@ func (b *Breaker) status(ctx context.Context, key, scope, model string) (Status,
 	if at := atoi(m["opened_at"]); at > 0 {
 		st.OpenedAt = time.UnixMilli(at)
 	}
-	switch State(m["state"]) {
+	switch State(m[stateField]) {
 	case Open:
 		st.State, st.OpenUntil = Open, time.UnixMilli(atoi(m["open_until"]))
 		if !now.Before(st.OpenUntil) {
@@ -435,16 +442,21 @@ func (b *Breaker) status(ctx context.Context, key, scope, model string) (Status,
 
 // windowCounts sums the window hash's buckets that are still in the
 // window at now, as record.lua does.
-func (b *Breaker) windowCounts(ring map[string]string, now time.Time) (calls, failures int64) {
+func (b *Breaker) windowCounts(window map[string]string, now time.Time) (calls, failures int64) {
 	bucket := now.UnixMilli() / b.width.Milliseconds()
-	for i := range b.nb {
-		n := strconv.FormatInt(i, 10)
-		at, ok := ring["b"+n]
-		if !ok || atoi(at) <= bucket-b.nb {
+	for f, v := range window {
+		if len(f) < 2 || (f[0] != 'c' && f[0] != 'f') {
 			continue
 		}
-		calls += atoi(ring["c"+n])
-		failures += atoi(ring["f"+n])
+		n, err := strconv.ParseInt(f[1:], 10, 64)
+		if err != nil || n <= bucket-b.nb { // a later bucket: a process whose clock runs ahead
+			continue
+		}
+		if f[0] == 'c' {
+			calls += atoi(v)
+		} else {
+			failures += atoi(v)
+		}
 	}
 	return max(calls, failures), failures
 }

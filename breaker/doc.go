@@ -37,7 +37,8 @@
 // failure or a probe, and for a success only when this process last saw
 // failures in a row to end — none on a healthy upstream.
 //
-// The window is a ring of WindowBuckets buckets (1 s each for 60 s): calls
-// leave it a second at a time, never all at once at a boundary. Time comes
+// The window is counted in WindowBuckets buckets (1 s each for 60 s), one
+// hash field per bucket for its calls and one for its failures: calls leave
+// it a second at a time, never all at once at a boundary. Time comes
 // from Config.Now, so tests drive transitions with a manual clock.
 package breaker

@@ -2,13 +2,12 @@ package breaker
 
 import (
 	"context"
-	_ "embed"
+	"strconv"
+	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
-
-//go:embed peek.lua
-var peekLua string
 
 // AllowIn queues on pipe the common case of Allow — a closed breaker —
 // so a caller can batch it with other reads in one round trip. Like Allow
@@ -19,25 +18,72 @@ var peekLua string
 // settled true when the breaker was closed (allowed); settled false means
 // it is not closed (or the read failed) and the caller must ask Allow.
 //
-// The script is sent by its SHA1 (EVALSHA). A pipeline cannot fall back
-// on NOSCRIPT (after a Redis restart or failover) within its round trip:
-// that answer is unsettled (the caller asks Allow, which has not counted
-// the call yet) and loads the script for the next read.
+// It is plain commands, no script: a read of the state, the call's count
+// (HINCRBY of the current bucket's field, and the window's expiry), and,
+// once per bucket in this process, the pruning of the fields that left the
+// window. The count is made before the state is known: a call counted
+// while the breaker is not closed is never made (the caller asks Allow,
+// which counts it again should the breaker have closed in between), but it
+// cannot skew the failure rate: the window is deleted when the breaker
+// opens and again when it closes, and is read only while closed.
 func (b *Breaker) AllowIn(ctx context.Context, pipe redis.Pipeliner, model string) func() (p Permit, settled bool) {
-	cmd := b.peek.EvalSha(ctx, pipe, []string{b.Key(model), b.windowKey(model)},
-		b.cfg.Now().UnixMilli(), b.ttl(), b.width.Milliseconds(), b.nb)
+	bucket := b.cfg.Now().UnixMilli() / b.width.Milliseconds()
+	key, win := b.Key(model), b.windowKey(model)
+	state := pipe.HMGet(ctx, key, stateField, streakField)
+	pipe.HIncrBy(ctx, win, callsField(bucket), 1)
+	pipe.PExpire(ctx, win, time.Duration(b.ttl())*time.Millisecond)
+	if stale := b.stale(model, bucket); len(stale) > 0 {
+		pipe.HDel(ctx, win, stale...)
+	}
 	return func() (Permit, bool) {
-		res, err := cmd.Slice()
-		if redis.HasErrorPrefix(err, "NOSCRIPT") {
-			_ = b.peek.Load(ctx, b.rdb).Err() // on failure, the next read tries again
-		}
-		if err != nil || len(res) != 2 || toInt(res[0]) != 1 {
+		h, err := state.Result()
+		if err != nil || len(h) != 2 {
 			return Permit{Model: model}, false
 		}
-		b.streak(model).Store(toInt(res[1]))
+		if st, _ := h[0].(string); st != "" && State(st) != Closed {
+			return Permit{Model: model}, false
+		}
+		s, _ := h[1].(string)
+		b.streak(model).Store(atoi(s))
 		return Permit{Model: model, Allowed: true, State: Closed}, true
 	}
 }
+
+// stale returns, the first time this process counts a call of model in
+// bucket, the window fields of the buckets that left the window since its
+// last count (at most one window's worth: older ones, left by an idle
+// fleet, go with the next failure's record.lua or the key's expiry), and
+// nil for every later call in the same bucket. So each process prunes what
+// it passes, about one HDEL a second per model, and the window hash holds
+// little more than its buckets.
+func (b *Breaker) stale(model string, bucket int64) []string {
+	last := b.pruned(model)
+	prev := last.Load()
+	if prev >= bucket || !last.CompareAndSwap(prev, bucket) {
+		return nil
+	}
+	from := max(prev, bucket-b.nb) - b.nb // buckets from+1 .. bucket-nb left the window
+	var fields []string
+	for n := from + 1; n <= bucket-b.nb; n++ {
+		fields = append(fields, callsField(n), failuresField(n))
+	}
+	return fields
+}
+
+// pruned returns this process's last bucket of model's window pruned by
+// AllowIn.
+func (b *Breaker) pruned(model string) *atomic.Int64 {
+	if v, ok := b.prunedAt.Load(model); ok {
+		return v.(*atomic.Int64)
+	}
+	v, _ := b.prunedAt.LoadOrStore(model, new(atomic.Int64))
+	return v.(*atomic.Int64)
+}
+
+// callsField and failuresField name a bucket's counters in the window hash
+// (as allow.lua and record.lua do).
+func callsField(bucket int64) string    { return "c" + strconv.FormatInt(bucket, 10) }
+func failuresField(bucket int64) string { return "f" + strconv.FormatInt(bucket, 10) }
 
 // SuccessIn queues in pipe the record of an ordinary allowed call's
 // success, for a caller that batches it with its own writes (the worker:

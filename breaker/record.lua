@@ -44,33 +44,33 @@ if not state or state == 'closed' then
   end
   local width, buckets = tonumber(ARGV[9]), tonumber(ARGV[10])
   local bucket = math.floor(now / width)
-  local slot = bucket % buckets
-  if tonumber(redis.call('HGET', KEYS[2], 'b' .. slot)) == bucket then
-    redis.call('HINCRBY', KEYS[2], 'f' .. slot, 1)
-  else
-    -- The call was counted in an earlier bucket when it was allowed.
-    redis.call('HSET', KEYS[2], 'b' .. slot, bucket, 'c' .. slot, 0, 'f' .. slot, 1)
-  end
+  -- The call was counted when it was allowed, maybe in an earlier bucket.
+  redis.call('HINCRBY', KEYS[2], 'f' .. string.format('%d', bucket), 1)
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
   local streak = redis.call('HINCRBY', KEYS[1], 'streak', 1)
   if not state then
     redis.call('HSET', KEYS[1], 'state', 'closed')
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  -- The rolling window: the buckets of the last `buckets` widths.
+  -- The rolling window: the buckets of the last `buckets` widths. Fields
+  -- of older buckets (and any field not named c<n> or f<n>) are pruned.
   local calls, failures = 0, 0
   local ring = redis.call('HGETALL', KEYS[2])
-  local slots = {}
+  local stale = {}
   for i = 1, #ring, 2 do
-    local kind, n = string.sub(ring[i], 1, 1), string.sub(ring[i], 2)
-    slots[n] = slots[n] or {}
-    slots[n][kind] = tonumber(ring[i + 1])
-  end
-  for _, s in pairs(slots) do
-    if s.b and s.b > bucket - buckets then
-      calls = calls + (s.c or 0)
-      failures = failures + (s.f or 0)
+    local kind, n = string.sub(ring[i], 1, 1), tonumber(string.sub(ring[i], 2))
+    if n and n > bucket - buckets and (kind == 'c' or kind == 'f') then
+      if kind == 'c' then
+        calls = calls + tonumber(ring[i + 1])
+      else
+        failures = failures + tonumber(ring[i + 1])
+      end
+    else
+      stale[#stale + 1] = ring[i]
     end
+  end
+  for i = 1, #stale, 1000 do
+    redis.call('HDEL', KEYS[2], unpack(stale, i, math.min(i + 999, #stale)))
   end
   -- A failure of a call allowed before the window began still counts.
   if calls < failures then

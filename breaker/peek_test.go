@@ -1,0 +1,129 @@
+package breaker_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/llmq/llmq/breaker"
+	"github.com/llmq/llmq/llmqtest"
+)
+
+// allowIn runs AllowIn in a pipeline of its own, as the worker's gate does
+// with its other reads.
+func allowIn(t *testing.T, env *llmqtest.Env, b *breaker.Breaker, model string) (breaker.Permit, bool) {
+	t.Helper()
+	pipe := env.Client.Pipeline()
+	read := b.AllowIn(context.Background(), pipe, model)
+	if _, err := pipe.Exec(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return read()
+}
+
+// Calls the gate read lets through count toward the failure rate exactly
+// as Allow's do, and the read never lets a call through a breaker that is
+// not closed.
+func TestAllowInCountsInTheWindow(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	mod := func(c *breaker.Config) { c.Failures = 1000; c.MinCalls = 10 }
+	gate, other := newBreaker(t, env, clk, mod), newBreaker(t, env, clk, mod)
+	const m = "m"
+	for range 10 {
+		if p, settled := allowIn(t, env, gate, m); !settled || !p.Allowed || p.State != breaker.Closed {
+			t.Fatalf("gate read of a closed breaker: %+v settled=%v, want allowed", p, settled)
+		}
+	}
+	if st := status(t, other, m); st.Calls != 10 || st.Failures != 0 {
+		t.Fatalf("after 10 gate reads: %+v, want 10 calls in the window", st)
+	}
+	// 10 calls + k failed calls: the k-th failure opens it when 2k >= 10 + k.
+	for range 9 {
+		fail(t, other, m)
+	}
+	if st := status(t, other, m); st.State != breaker.Closed || st.Calls != 19 || st.Failures != 9 {
+		t.Fatalf("9 of 19 calls failed: %+v, want closed", st)
+	}
+	fail(t, other, m)
+	if st := status(t, other, m); st.State != breaker.Open || st.Reason != "rate" {
+		t.Fatalf("10 of 20 calls failed: %+v, want open for the rate", st)
+	}
+	if p, settled := allowIn(t, env, gate, m); settled || p.Allowed {
+		t.Fatalf("gate read of an open breaker: %+v settled=%v, want unsettled (the caller asks Allow)", p, settled)
+	}
+}
+
+// Calls the gate read counts while the breaker is open are never made; the
+// window they land in is deleted when the probe closes the breaker.
+func TestAllowInWhileOpenLeavesNoCalls(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, nil)
+	const m = "m"
+	for range breaker.DefaultFailures {
+		fail(t, b, m)
+	}
+	for range 50 {
+		if _, settled := allowIn(t, env, b, m); settled {
+			t.Fatal("gate read settled an open breaker")
+		}
+		clk.Advance(100 * time.Millisecond)
+	}
+	clk.Advance(breaker.DefaultOpen)
+	probe := allow(t, b, m)
+	if !probe.Probe {
+		t.Fatalf("after the open interval: %+v, want the probe", probe)
+	}
+	record(t, b, probe, breaker.Success)
+	if st := status(t, b, m); st.State != breaker.Closed || st.Calls != 0 || st.Failures != 0 {
+		t.Fatalf("closed by its probe: %+v, want an empty window", st)
+	}
+}
+
+// The window hash holds one field per bucket with calls (two with
+// failures): the gate read prunes the buckets that left the window as this
+// process passes them, and a failure's record prunes every stale field
+// (also those an idle or departed process left, and the old ring layout's).
+func TestWindowFieldsArePruned(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, nil)
+	const m = "m"
+	window := b.Key(m) + ":window"
+	ctx := context.Background()
+	for range 5 * breaker.WindowBuckets { // five windows, a call a second
+		allowIn(t, env, b, m)
+		clk.Advance(time.Second)
+	}
+	n, err := env.Client.HLen(ctx, window).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n > breaker.WindowBuckets {
+		t.Fatalf("after five windows of calls the window hash has %d fields, want at most %d", n, breaker.WindowBuckets)
+	}
+	// Now is a second after the last call: the window holds 59 of them.
+	if st := status(t, b, m); st.Calls != breaker.WindowBuckets-1 {
+		t.Fatalf("%+v, want %d calls in the window", st, breaker.WindowBuckets-1)
+	}
+	// Fields no gate read will pass again: long-gone buckets, and the ring
+	// layout of earlier versions (slot-numbered b/c/f fields).
+	if err := env.Client.HSet(ctx, window, "c5", 7, "f5", 7, "b3", 1, "c3", 9, "f3", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fail(t, b, m)
+	fields, err := env.Client.HKeys(ctx, window).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fields {
+		switch f {
+		case "c5", "f5", "b3", "c3", "f3":
+			t.Fatalf("stale field %q survived a failure's record: %v", f, fields)
+		}
+	}
+	if st := status(t, b, m); st.Calls != breaker.WindowBuckets || st.Failures != 1 { // the failed call is the 60th
+		t.Fatalf("after pruning: %+v, want %d calls and 1 failure", st, breaker.WindowBuckets)
+	}
+}
