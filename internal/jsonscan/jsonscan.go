@@ -188,7 +188,7 @@ func literal(b []byte, i int, lit string) (int, bool) {
 }
 
 // Members calls fn with the raw key (without quotes; escapes left as they
-// are) and raw value of each member of the compact JSON object b, in
+// are) and raw value (capped: appending to it copies) of each member of the compact JSON object b, in
 // order, and reports whether b is one valid compact object. fn returning
 // false stops it (reported as false).
 func Members(b []byte, o Options, fn func(key, value []byte) bool) bool {
@@ -205,12 +205,12 @@ func Members(b []byte, o Options, fn func(key, value []byte) bool) bool {
 		if i, ok = String(b, i, o); !ok || i >= len(b) || b[i] != ':' {
 			return false
 		}
-		key := b[k+1 : i-1]
+		key := b[k+1 : i-1 : i-1]
 		v := i + 1
 		if i, ok = value(b, v, 1, o); !ok || i >= len(b) {
 			return false
 		}
-		if !fn(key, b[v:i]) {
+		if !fn(key, b[v:i:i]) {
 			return false
 		}
 		switch b[i] {
@@ -224,7 +224,7 @@ func Members(b []byte, o Options, fn func(key, value []byte) bool) bool {
 	}
 }
 
-// Elements calls fn with each raw element of the compact JSON array b, in
+// Elements calls fn with each raw element (capped) of the compact JSON array b, in
 // order, and reports whether b is one valid compact array. fn returning
 // false stops it (reported as false).
 func Elements(b []byte, o Options, fn func(value []byte) bool) bool {
@@ -241,7 +241,7 @@ func Elements(b []byte, o Options, fn func(value []byte) bool) bool {
 		if i, ok = value(b, v, 1, o); !ok || i >= len(b) {
 			return false
 		}
-		if !fn(b[v:i]) {
+		if !fn(b[v:i:i]) {
 			return false
 		}
 		switch b[i] {
