@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"encoding/json"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -304,4 +305,86 @@ func mayMatch(key []byte, names []string) bool {
 		}
 	}
 	return false
+}
+
+// jobKeys are the payload fields Job decodes.
+var jobKeys = []string{"id", "custom_id", "batch_id", "fallback", "deadline", "max_attempts", "allow_cached", "allow_static", "body"}
+
+// fastJob decodes a payload as Job.Encode writes it (compact, each field
+// once under its exact name, strings without escapes, no deadline) into
+// j, as json.Unmarshal would; ok false means it could not tell, and j is
+// to be decoded by json.Unmarshal.
+func fastJob(payload []byte, j *Job) (ok bool) {
+	var seen uint16
+	ok = jsonscan.Members(payload, jsonscan.Options{}, func(k, v []byte) bool {
+		var bit uint16
+		ok := true
+		switch string(k) {
+		case "id":
+			bit = 1
+			j.ID, ok = optionalString(v)
+		case "custom_id":
+			bit = 2
+			j.CustomID, ok = optionalString(v)
+		case "batch_id":
+			bit = 4
+			j.BatchID, ok = optionalString(v)
+		case "fallback":
+			bit = 8
+			j.Fallback, ok = fastStrings(v)
+		case "max_attempts":
+			bit = 16
+			if string(v) != "null" {
+				var n int64
+				var err error
+				if ok = jsonscan.Integer(v); ok {
+					n, err = strconv.ParseInt(string(v), 10, 64)
+					ok = err == nil
+				}
+				j.MaxAttempts = int(n)
+			}
+		case "allow_cached":
+			bit = 32
+			j.AllowCached, ok = fastBool(v)
+		case "allow_static":
+			bit = 64
+			j.AllowStatic, ok = fastBool(v)
+		case "body":
+			bit = 128
+			j.Body = append(json.RawMessage(nil), v...) // a copy, as json.RawMessage decodes
+		default: // "deadline" included: encoding/json reads it
+			return !mayMatch(k, jobKeys)
+		}
+		if !ok || seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		return true
+	})
+	return ok
+}
+
+// fastStrings reads null (nil) or an array of plain strings.
+func fastStrings(v []byte) ([]string, bool) {
+	if string(v) == "null" {
+		return nil, true
+	}
+	out := []string{}
+	ok := jsonscan.Elements(v, jsonscan.Options{}, func(e []byte) bool {
+		s, ok := plainString(e)
+		out = append(out, string(s))
+		return ok
+	})
+	return out, ok
+}
+
+// fastBool reads true, false or null (false).
+func fastBool(v []byte) (bool, bool) {
+	switch string(v) {
+	case "true":
+		return true, true
+	case "false", "null":
+		return false, true
+	}
+	return false, false
 }

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"encoding/json"
 	"reflect"
 	"testing"
 )
@@ -67,4 +68,60 @@ func FuzzFastRequest(f *testing.F) {
 		f.Add([]byte(tc.body))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) { requireSameAsChecker(t, body) })
+}
+
+// requireSameAsJSON fails when fastJob reads a payload that json.Unmarshal
+// refuses, or reads it differently.
+func requireSameAsJSON(t *testing.T, payload []byte) (fast bool) {
+	t.Helper()
+	var got Job
+	if !fastJob(payload, &got) {
+		return false
+	}
+	var want Job
+	if err := json.Unmarshal(payload, &want); err != nil {
+		t.Fatalf("fastJob reads %q; json.Unmarshal: %v", payload, err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("fastJob reads %q as\n%#v\njson.Unmarshal as\n%#v", payload, got, want)
+	}
+	return true
+}
+
+var fastPayloads = []struct {
+	payload string
+	fast    bool
+}{
+	{`{"id":"bench:c17","custom_id":"c17","batch_id":"bench","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"prompt 17"}],"max_tokens":32}}`, true},
+	{`{"id":"j","fallback":["a","b"],"max_attempts":3,"allow_cached":true,"allow_static":false,"body":null,"x":[1,{"y":"\n"}]}`, true},
+	{`{"id":null,"custom_id":"é","fallback":[],"max_attempts":-2,"allow_cached":null,"body":"s"}`, true},
+	{`{"id":"j","fallback":null,"max_attempts":null,"body":{}}`, true},
+	{`{"id":"j","deadline":"2030-01-02T03:04:05Z","body":{}}`, false},
+	{`{"id":"j","ID":"k","body":{}}`, false},
+	{`{"id":"j","id":"k","body":{}}`, false},
+	{`{"\u0069d":"j","body":{}}`, false},
+	{`{"id":"j\n","body":{}}`, false},
+	{`{"id":"j","max_attempts":1.0,"body":{}}`, false},
+	{`{"id":"j","max_attempts":99999999999999999999,"body":{}}`, false},
+	{`{"id":"j","fallback":["a",null],"body":{}}`, false},
+	{`{"id":"j","allow_cached":1,"body":{}}`, false},
+	{`{"id":"j","body":{}} `, false},
+	{"{\"id\":\"j\xff\",\"body\":{}}", false},
+	{`{"id":5,"body":{}}`, false},
+}
+
+func TestFastJobReadsAsJSON(t *testing.T) {
+	for _, tc := range fastPayloads {
+		if got := requireSameAsJSON(t, []byte(tc.payload)); got != tc.fast {
+			t.Errorf("fastJob decides %q: %v, want %v", tc.payload, got, tc.fast)
+		}
+	}
+}
+
+// FuzzFastJob holds fastJob to json.Unmarshal for any payload.
+func FuzzFastJob(f *testing.F) {
+	for _, tc := range fastPayloads {
+		f.Add([]byte(tc.payload))
+	}
+	f.Fuzz(func(t *testing.T, payload []byte) { requireSameAsJSON(t, payload) })
 }
