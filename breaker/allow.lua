@@ -5,8 +5,8 @@
 --          callers' clock)
 -- KEYS[2]  window hash: the calls (c<n>) and failures (f<n>) of each
 --          bucket n = now // bucket width that had any; fields of buckets
---          that left the window are stale (record.lua and the worker's gate
---          read prune them)
+--          that left the window are stale (prune.lua and record.lua remove
+--          them)
 -- ARGV[1]  now (ms)
 -- ARGV[2]  probe lease (ms): how long the probe owns the half-open period
 -- ARGV[3]  token identifying this caller, should it become the probe
@@ -24,13 +24,15 @@
 -- failure rate are counted when they are allowed, so that a success has
 -- nothing to record (see record.lua). The count is a plain HINCRBY, so the
 -- worker's gate read (Breaker.AllowIn) counts a call without a script.
+-- The window's expiry is set with a new field here, and by prune.lua.
 local now = tonumber(ARGV[1])
 local h = redis.call('HMGET', KEYS[1], 'state', 'open_until', 'lease_until', 'streak')
 local state = h[1]
 if not state or state == 'closed' then
   local bucket = math.floor(now / tonumber(ARGV[5]))
-  redis.call('HINCRBY', KEYS[2], 'c' .. string.format('%d', bucket), 1)
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  if redis.call('HINCRBY', KEYS[2], 'c' .. string.format('%d', bucket), 1) == 1 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[4]) -- a new field: maybe a new hash
+  end
   return {1, 0, 'closed', 0, '', tonumber(h[4]) or 0}
 end
 if state == 'open' then

@@ -25,6 +25,9 @@ var allowLua string
 //go:embed record.lua
 var recordLua string
 
+//go:embed prune.lua
+var pruneLua string
+
 // State is a breaker's state.
 type State string
 
@@ -80,6 +83,12 @@ const (
 	// in (1 s each for a 60 s window): the window forgets 1/60 of its
 	// calls at a time, never all at once at a boundary.
 	WindowBuckets = 60
+	// MaxClockSkew is how far the fleet's clocks may disagree: a bucket up
+	// to this far ahead of a process's now still counts in its window (a
+	// process whose clock runs ahead counted a call in it); fields further
+	// ahead — from a window whose width changed with the config — are
+	// removed.
+	MaxClockSkew = time.Second
 )
 
 // Config configures a Breaker. Zero values take the documented defaults.
@@ -201,18 +210,20 @@ type Breaker struct {
 	cfg    Config
 	allow  *redis.Script
 	record *redis.Script
+	prune  *redis.Script
 	id     string // distinguishes this Breaker's probe tokens
 	seq    atomic.Uint64
 	scope  string        // the key scope: Scope, plus id when PerProcess
 	width  time.Duration // a window bucket
 	nb     int64         // buckets in the window
+	ahead  int64         // buckets ahead of now still counted (MaxClockSkew)
 	// streaks holds, per model, the failures in a row this process last
 	// saw (from Allow and Record replies): a success is sent to Redis only
 	// when there is a streak to end.
 	streaks sync.Map // model -> *atomic.Int64
-	// prunedAt holds, per model, the last bucket whose stale window
-	// fields this process pruned (AllowIn).
-	prunedAt sync.Map // model -> *atomic.Int64
+	// buckets holds, per model, the last bucket this process counted a
+	// call in: the first call of each bucket runs prune.lua.
+	buckets sync.Map // model -> *atomic.Int64
 }
 
 // New returns a Breaker on rdb. It checks cfg, naming any invalid field; it
@@ -276,10 +287,11 @@ func New(rdb redis.UniversalClient, cfg Config) (*Breaker, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, fmt.Errorf("breaker: reading random bytes for probe tokens failed: %w", err)
 	}
-	br := &Breaker{rdb: rdb, cfg: cfg, allow: redis.NewScript(allowLua), record: redis.NewScript(recordLua),
+	br := &Breaker{rdb: rdb, cfg: cfg, allow: redis.NewScript(allowLua), record: redis.NewScript(recordLua), prune: redis.NewScript(pruneLua),
 		id: hex.EncodeToString(b[:]), scope: cfg.Scope}
 	br.nb = min(WindowBuckets, cfg.Window.Milliseconds())
 	br.width = time.Duration((cfg.Window.Milliseconds()+br.nb-1)/br.nb) * time.Millisecond
+	br.ahead = max(1, int64((MaxClockSkew+br.width-1)/br.width))
 	if cfg.PerProcess {
 		br.scope = cfg.Scope + "@" + br.id
 	}
@@ -328,9 +340,15 @@ func (b *Breaker) ttl() int64 {
 // until its interval ends; then exactly one caller of the fleet gets the
 // probe (Permit.Probe) until its verdict is recorded or its lease runs out.
 // Every allowed call must be followed by Record with the same Permit. One
-// Redis round trip.
+// Redis round trip, and another for the first call of each bucket in this
+// process (prune.lua: see AllowIn).
 func (b *Breaker) Allow(ctx context.Context, model string) (Permit, error) {
 	now := b.cfg.Now()
+	if b.advance(model, now.UnixMilli()/b.width.Milliseconds()) {
+		// A failure here fails allow.lua below too, and the next bucket
+		// prunes again.
+		_ = b.prune.Run(ctx, b.rdb, []string{b.windowKey(model)}, b.pruneArgs(now)...).Err()
+	}
 	token := b.id + "-" + strconv.FormatUint(b.seq.Add(1), 10)
 	res, err := b.allow.Run(ctx, b.rdb, []string{b.Key(model), b.windowKey(model)},
 		now.UnixMilli(), b.cfg.ProbeLease.Milliseconds(), token, b.ttl(), b.width.Milliseconds(), b.nb).Slice()
@@ -384,7 +402,7 @@ func (b *Breaker) Record(ctx context.Context, p Permit, o Outcome) error {
 	now := b.cfg.Now()
 	res, err := b.record.Run(ctx, b.rdb, []string{b.Key(p.Model), b.windowKey(p.Model)},
 		now.UnixMilli(), string(o), p.token, b.cfg.Failures, b.cfg.FailureRate, b.cfg.MinCalls,
-		b.cfg.Open.Milliseconds(), b.ttl(), b.width.Milliseconds(), b.nb).Slice()
+		b.cfg.Open.Milliseconds(), b.ttl(), b.width.Milliseconds(), b.nb, b.ahead).Slice()
 	if err != nil {
 		return fmt.Errorf("breaker: record %s for %q: %w", o, p.Model, err)
 	}
@@ -449,7 +467,7 @@ func (b *Breaker) windowCounts(window map[string]string, now time.Time) (calls, 
 			continue
 		}
 		n, err := strconv.ParseInt(f[1:], 10, 64)
-		if err != nil || n <= bucket-b.nb { // a later bucket: a process whose clock runs ahead
+		if err != nil || n <= bucket-b.nb || n > bucket+b.ahead { // as record.lua
 			continue
 		}
 		if f[0] == 'c' {

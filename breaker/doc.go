@@ -33,9 +33,12 @@
 // drill.
 //
 // Cost: Allow is one Redis round trip (it counts the call in the window,
-// so the failure rate needs no record of successes); Record is one for a
+// so the failure rate needs no record of successes), plus one a second per
+// process and model to prune the window (prune.lua); Record is one for a
 // failure or a probe, and for a success only when this process last saw
-// failures in a row to end — none on a healthy upstream.
+// failures in a row to end — none on a healthy upstream. The worker's job
+// path batches the common case instead: AllowIn (the call's count, plain
+// commands) with the job's other reads, SuccessIn (an HDEL) with its save.
 //
 // The window is counted in WindowBuckets buckets (1 s each for 60 s), one
 // hash field per bucket for its calls and one for its failures: calls leave

@@ -18,24 +18,33 @@ import (
 // settled true when the breaker was closed (allowed); settled false means
 // it is not closed (or the read failed) and the caller must ask Allow.
 //
-// It is plain commands, no script: a read of the state, the call's count
-// (HINCRBY of the current bucket's field, and the window's expiry), and,
-// once per bucket in this process, the pruning of the fields that left the
-// window. The count is made before the state is known: a call counted
-// while the breaker is not closed is never made (the caller asks Allow,
-// which counts it again should the breaker have closed in between), but it
-// cannot skew the failure rate: the window is deleted when the breaker
-// opens and again when it closes, and is read only while closed.
+// It is plain commands: a read of the state and the call's count (HINCRBY
+// of the current bucket's field); only the first call of each bucket in
+// this process adds prune.lua (stale fields out, the window's expiry
+// kept). The count is made before the state is known: a call counted while
+// the breaker is not closed is never made, and the caller asks Allow. Such
+// counts do not last: the window is deleted when the breaker opens and
+// again when it closes, and read only while closed. Only a count landing
+// just after the probe's close (the read and the count are not atomic)
+// reaches the fresh window — a call too many, which lowers the failure
+// rate by a hair and never opens the breaker.
 func (b *Breaker) AllowIn(ctx context.Context, pipe redis.Pipeliner, model string) func() (p Permit, settled bool) {
-	bucket := b.cfg.Now().UnixMilli() / b.width.Milliseconds()
+	now := b.cfg.Now()
+	bucket := now.UnixMilli() / b.width.Milliseconds()
 	key, win := b.Key(model), b.windowKey(model)
 	state := pipe.HMGet(ctx, key, stateField, streakField)
-	pipe.HIncrBy(ctx, win, callsField(bucket), 1)
-	pipe.PExpire(ctx, win, time.Duration(b.ttl())*time.Millisecond)
-	if stale := b.stale(model, bucket); len(stale) > 0 {
-		pipe.HDel(ctx, win, stale...)
+	count := pipe.HIncrBy(ctx, win, callsField(bucket), 1)
+	var prune *redis.Cmd
+	if b.advance(model, bucket) {
+		prune = b.prune.EvalSha(ctx, pipe, []string{win}, b.pruneArgs(now)...)
 	}
 	return func() (Permit, bool) {
+		if prune != nil && prune.Err() != nil || prune == nil && count.Val() == 1 {
+			// The pipelined prune failed (NOSCRIPT after a Redis restart:
+			// Run loads it), or this call created the bucket's field
+			// without one — the window may be a new hash, with no expiry.
+			_ = b.prune.Run(ctx, b.rdb, []string{win}, b.pruneArgs(now)...).Err()
+		}
 		h, err := state.Result()
 		if err != nil || len(h) != 2 {
 			return Permit{Model: model}, false
@@ -49,41 +58,27 @@ func (b *Breaker) AllowIn(ctx context.Context, pipe redis.Pipeliner, model strin
 	}
 }
 
-// stale returns, the first time this process counts a call of model in
-// bucket, the window fields of the buckets that left the window since its
-// last count (at most one window's worth: older ones, left by an idle
-// fleet, go with the next failure's record.lua or the key's expiry), and
-// nil for every later call in the same bucket. So each process prunes what
-// it passes, about one HDEL a second per model, and the window hash holds
-// little more than its buckets.
-func (b *Breaker) stale(model string, bucket int64) []string {
-	last := b.pruned(model)
+// advance reports whether bucket is the first bucket this process counts a
+// call of model in since an earlier one: true once per bucket (per second
+// with the default window), when the caller runs prune.lua.
+func (b *Breaker) advance(model string, bucket int64) bool {
+	v, ok := b.buckets.Load(model)
+	if !ok {
+		v, _ = b.buckets.LoadOrStore(model, new(atomic.Int64))
+	}
+	last := v.(*atomic.Int64)
 	prev := last.Load()
-	if prev >= bucket || !last.CompareAndSwap(prev, bucket) {
-		return nil
-	}
-	from := max(prev, bucket-b.nb) - b.nb // buckets from+1 .. bucket-nb left the window
-	var fields []string
-	for n := from + 1; n <= bucket-b.nb; n++ {
-		fields = append(fields, callsField(n), failuresField(n))
-	}
-	return fields
+	return prev < bucket && last.CompareAndSwap(prev, bucket)
 }
 
-// pruned returns this process's last bucket of model's window pruned by
-// AllowIn.
-func (b *Breaker) pruned(model string) *atomic.Int64 {
-	if v, ok := b.prunedAt.Load(model); ok {
-		return v.(*atomic.Int64)
-	}
-	v, _ := b.prunedAt.LoadOrStore(model, new(atomic.Int64))
-	return v.(*atomic.Int64)
+// pruneArgs are prune.lua's arguments at now.
+func (b *Breaker) pruneArgs(now time.Time) []any {
+	return []any{now.UnixMilli(), b.width.Milliseconds(), b.nb, b.ahead, b.ttl()}
 }
 
-// callsField and failuresField name a bucket's counters in the window hash
-// (as allow.lua and record.lua do).
-func callsField(bucket int64) string    { return "c" + strconv.FormatInt(bucket, 10) }
-func failuresField(bucket int64) string { return "f" + strconv.FormatInt(bucket, 10) }
+// callsField names a bucket's count of calls in the window hash (as
+// allow.lua does; record.lua's failures are f<bucket>).
+func callsField(bucket int64) string { return "c" + strconv.FormatInt(bucket, 10) }
 
 // SuccessIn queues in pipe the record of an ordinary allowed call's
 // success, for a caller that batches it with its own writes (the worker:
@@ -97,8 +92,9 @@ func failuresField(bucket int64) string { return "f" + strconv.FormatInt(bucket,
 // Ending a streak is one HDEL of the state hash's streak field (an absent
 // field is a streak of 0): no script, and no write — so nothing for the
 // AOF or the replicas — when there is no streak to end, the common case.
-// On an open or half-open breaker the field is already 0 (a trip resets
-// it), so the HDEL changes nothing there either.
+// On an open or half-open breaker the field is absent already (a trip
+// removes it, as every path that ends a streak does), so the HDEL changes
+// nothing there either.
 func (b *Breaker) SuccessIn(ctx context.Context, pipe redis.Pipeliner, p Permit) func() {
 	if !p.Allowed || p.Probe {
 		return func() {}

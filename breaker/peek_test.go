@@ -2,6 +2,7 @@ package breaker_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -81,10 +82,11 @@ func TestAllowInWhileOpenLeavesNoCalls(t *testing.T) {
 	}
 }
 
-// The window hash holds one field per bucket with calls (two with
-// failures): the gate read prunes the buckets that left the window as this
-// process passes them, and a failure's record prunes every stale field
-// (also those an idle or departed process left, and the old ring layout's).
+// The window hash holds a field per bucket with calls (two with failures)
+// in the window: the first call of each bucket in a process (AllowIn or
+// Allow) runs prune.lua, and a failure's record prunes too, so stale fields
+// go whatever the traffic — also those an idle or departed process left,
+// and the ring layout of earlier versions.
 func TestWindowFieldsArePruned(t *testing.T) {
 	env := llmqtest.Redis(t)
 	clk := newClock()
@@ -125,5 +127,86 @@ func TestWindowFieldsArePruned(t *testing.T) {
 	}
 	if st := status(t, b, m); st.Calls != breaker.WindowBuckets || st.Failures != 1 { // the failed call is the 60th
 		t.Fatalf("after pruning: %+v, want %d calls and 1 failure", st, breaker.WindowBuckets)
+	}
+}
+
+// Allow alone (fallback tiers, second calls) prunes as the gate read does,
+// and so does traffic too sparse for a window to hold two calls.
+func TestWindowStaysSmallOnEveryPath(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, nil)
+	ctx := context.Background()
+	hlen := func(model string) int64 {
+		t.Helper()
+		n, err := env.Client.HLen(ctx, b.Key(model)+":window").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for range 5 * breaker.WindowBuckets {
+		record(t, b, allow(t, b, "fallback"), breaker.Success)
+		clk.Advance(time.Second)
+	}
+	if n := hlen("fallback"); n > breaker.WindowBuckets {
+		t.Fatalf("five windows of Allow: the window hash has %d fields, want at most %d", n, breaker.WindowBuckets)
+	}
+	for range 50 { // a call every 150 s: never two in a window
+		allowIn(t, env, b, "sparse")
+		clk.Advance(150 * time.Second)
+	}
+	if n := hlen("sparse"); n != 1 {
+		t.Fatalf("50 calls 150 s apart: the window hash has %d fields, want 1", n)
+	}
+}
+
+// Fields far ahead of now (a window whose bucket width changed with the
+// config) never count and are pruned; a bucket a skewed clock put just
+// ahead counts.
+func TestWindowIgnoresFieldsFarAhead(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, nil)
+	const m = "m"
+	ctx := context.Background()
+	window := b.Key(m) + ":window"
+	now := clk.Now().Unix() // 1 s buckets
+	far, near := fmt.Sprintf("c%d", 2*now), fmt.Sprintf("c%d", now+1)
+	if err := env.Client.HSet(ctx, window, far, 3000, near, 2).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, b, m); st.Calls != 2 {
+		t.Fatalf("%+v, want the 2 calls of the bucket 1 s ahead and none of the one far ahead", st)
+	}
+	allowIn(t, env, b, m)
+	if ok, err := env.Client.HExists(ctx, window, far).Result(); err != nil || ok {
+		t.Fatalf("the field far ahead survived the bucket's prune (%v, %v)", ok, err)
+	}
+	if st := status(t, b, m); st.Calls != 3 {
+		t.Fatalf("%+v, want 3 calls", st)
+	}
+}
+
+// The window always has an expiry: also when a count recreates it in a
+// bucket whose prune this process already ran (after a trip deleted it).
+func TestWindowAlwaysExpires(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, nil)
+	const m = "m"
+	ctx := context.Background()
+	window := b.Key(m) + ":window"
+	allowIn(t, env, b, m) // this bucket's prune
+	for range breaker.DefaultFailures {
+		fail(t, b, m) // the trip deletes the window
+	}
+	if n, err := env.Client.Exists(ctx, window).Result(); err != nil || n != 0 {
+		t.Fatalf("after the trip the window exists (%d, %v)", n, err)
+	}
+	allowIn(t, env, b, m) // same bucket: no pipelined prune; the count recreates the hash
+	ttl, err := env.Client.PTTL(ctx, window).Result()
+	if err != nil || ttl <= 0 {
+		t.Fatalf("recreated window: PTTL %v (%v), want an expiry", ttl, err)
 	}
 }

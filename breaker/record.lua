@@ -12,6 +12,7 @@
 -- ARGV[8]  key ttl (ms), garbage collection only
 -- ARGV[9]  bucket width (ms)
 -- ARGV[10] buckets in the window
+-- ARGV[11] buckets ahead of now still counted (see prune.lua)
 --
 -- Returns {from, to, streak, calls, failures}: the transition this call
 -- made ('' '' for none), the consecutive failures, and the calls and
@@ -22,7 +23,8 @@ local outcome = ARGV[2]
 local function trip(reason)
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'state', 'open', 'open_until', now + tonumber(ARGV[7]), 'opened_at', now,
-    'lease_until', 0, 'lease_token', '', 'streak', 0, 'reason', reason)
+    'lease_until', 0, 'lease_token', '', 'reason', reason)
+  redis.call('HDEL', KEYS[1], 'streak') -- an absent streak is 0
   redis.call('HINCRBY', KEYS[1], 'trips', 1)
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
 end
@@ -35,7 +37,7 @@ if not state or state == 'closed' then
     -- answered call sends one (batched with its result's save): write
     -- only when there is a streak to end.
     if state and (tonumber(h[3]) or 0) ~= 0 then
-      redis.call('HSET', KEYS[1], 'streak', 0)
+      redis.call('HDEL', KEYS[1], 'streak')
     end
     return {'', '', 0, 0, 0}
   end
@@ -52,14 +54,15 @@ if not state or state == 'closed' then
     redis.call('HSET', KEYS[1], 'state', 'closed')
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  -- The rolling window: the buckets of the last `buckets` widths. Fields
-  -- of older buckets (and any field not named c<n> or f<n>) are pruned.
+  -- The rolling window: the buckets of the last `buckets` widths (and the
+  -- few ahead of now a skewed clock counts in). Every other field is
+  -- removed, as prune.lua does.
   local calls, failures = 0, 0
   local ring = redis.call('HGETALL', KEYS[2])
   local stale = {}
   for i = 1, #ring, 2 do
     local kind, n = string.sub(ring[i], 1, 1), tonumber(string.sub(ring[i], 2))
-    if n and n > bucket - buckets and (kind == 'c' or kind == 'f') then
+    if n and n > bucket - buckets and n <= bucket + tonumber(ARGV[11]) and (kind == 'c' or kind == 'f') then
       if kind == 'c' then
         calls = calls + tonumber(ring[i + 1])
       else
@@ -89,8 +92,9 @@ end
 if state == 'half_open' and ARGV[3] ~= '' and ARGV[3] == h[2] then
   if outcome == 'success' then
     redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'state', 'closed', 'open_until', 0, 'lease_until', 0, 'lease_token', '', 'streak', 0,
+    redis.call('HSET', KEYS[1], 'state', 'closed', 'open_until', 0, 'lease_until', 0, 'lease_token', '',
       'closed_at', now)
+    redis.call('HDEL', KEYS[1], 'streak')
     redis.call('PEXPIRE', KEYS[1], ARGV[8])
     return {'half_open', 'closed', 0, 0, 0}
   end

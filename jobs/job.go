@@ -63,8 +63,11 @@ func Decode(payload []byte) (*Job, error) {
 // worker's path, which needs both.
 func DecodeRequest(payload []byte) (*Job, *Request, error) {
 	var j Job
-	if err := json.Unmarshal(payload, &j); err != nil {
-		return nil, nil, &ValidationError{Problems: []Problem{{Path: fieldOf(err, "(payload)"), Message: "cannot decode the job payload: " + jsonReason(err)}}}
+	if !fastJob(payload, &j) { // the usual payload, read in one pass
+		j = Job{}
+		if err := json.Unmarshal(payload, &j); err != nil {
+			return nil, nil, &ValidationError{Problems: []Problem{{Path: fieldOf(err, "(payload)"), Message: "cannot decode the job payload: " + jsonReason(err)}}}
+		}
 	}
 	req, err := j.validate(false)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -126,6 +127,15 @@ func (c *checker) id(path, v string, required bool) {
 }
 
 func (c *checker) body(body json.RawMessage) {
+	if req, ok := fastRequest(body); ok {
+		c.req = req
+		return
+	}
+	c.readBody(body)
+}
+
+// readBody checks any body, reading it as encoding/json does.
+func (c *checker) readBody(body json.RawMessage) {
 	switch {
 	case len(bytes.TrimSpace(body)) == 0:
 		c.add("body", "is required: an OpenAI chat-completions request object")
@@ -181,43 +191,66 @@ func (c *checker) messages(raw json.RawMessage) {
 		c.add("messages", "is required: a non-empty array of messages")
 		return
 	}
-	var msgs []json.RawMessage
-	if err := json.Unmarshal(raw, &msgs); err != nil {
-		c.add("messages", "must be an array of message objects")
-		return
+	// One decode reads an array of objects (or nulls), the common case;
+	// anything else is read element by element, to say which is wrong.
+	var objs []map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &objs); err != nil {
+		var msgs []json.RawMessage
+		if err := json.Unmarshal(raw, &msgs); err != nil {
+			c.add("messages", "must be an array of message objects")
+			return
+		}
+		objs = make([]map[string]json.RawMessage, len(msgs))
+		for i, mr := range msgs {
+			if err := json.Unmarshal(mr, &objs[i]); err != nil {
+				objs[i] = nil
+			}
+		}
 	}
-	if len(msgs) == 0 {
+	if len(objs) == 0 {
 		c.add("messages", "must not be empty")
 		return
 	}
-	for i, mr := range msgs {
-		p := fmt.Sprintf("messages[%d]", i)
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(mr, &m); err != nil || m == nil {
-			c.add(p, "must be an object with role and content")
-			continue
+	for i, m := range objs {
+		c.message(i, m)
+	}
+}
+
+// message checks messages[i], m (nil when it is not an object). Its field
+// paths are only written out for a problem.
+func (c *checker) message(i int, m map[string]json.RawMessage) {
+	p := func() string { return "messages[" + strconv.Itoa(i) + "]" }
+	if m == nil {
+		c.add(p(), "must be an object with role and content")
+		return
+	}
+	role := ""
+	if ok, problem := strCheck(m["role"], true); problem != "" {
+		c.addProblem(p()+".role", problem)
+	} else if ok {
+		role = unquote(m["role"])
+		if !contains(roles, role) {
+			c.add(p()+".role", "must be one of %s", strings.Join(roles, ","))
 		}
-		role := ""
-		if c.str(p+".role", m["role"], true) {
-			role = unquote(m["role"])
-			if !contains(roles, role) {
-				c.add(p+".role", "must be one of %s", strings.Join(roles, ","))
-			}
+	}
+	c.content(func() string { return p() + ".content" }, m["content"], role)
+	if role == "tool" {
+		if _, problem := strCheck(m["tool_call_id"], true); problem != "" {
+			c.addProblem(p()+".tool_call_id", problem)
 		}
-		c.content(p+".content", m["content"], role)
-		if role == "tool" {
-			c.str(p+".tool_call_id", m["tool_call_id"], true)
-		}
-		if v, ok := m["name"]; ok {
-			c.str(p+".name", v, false)
+	}
+	if v, ok := m["name"]; ok {
+		if _, problem := strCheck(v, false); problem != "" {
+			c.addProblem(p()+".name", problem)
 		}
 	}
 }
 
-func (c *checker) content(path string, raw json.RawMessage, role string) {
+// content checks a message's content; path gives its field path.
+func (c *checker) content(path func() string, raw json.RawMessage, role string) {
 	if raw == nil || isNull(raw) {
 		if role != "assistant" { // assistant messages with tool_calls may omit content
-			c.add(path, "is required for role %q", role)
+			c.add(path(), "is required for role %q", role)
 		}
 		return
 	}
@@ -227,11 +260,11 @@ func (c *checker) content(path string, raw json.RawMessage, role string) {
 	case '[':
 		var parts []json.RawMessage
 		if err := json.Unmarshal(raw, &parts); err != nil {
-			c.add(path, "must be a string or an array of content parts")
+			c.add(path(), "must be a string or an array of content parts")
 			return
 		}
 		for i, pr := range parts {
-			pp := fmt.Sprintf("%s[%d]", path, i)
+			pp := path() + "[" + strconv.Itoa(i) + "]"
 			var part map[string]json.RawMessage
 			if err := json.Unmarshal(pr, &part); err != nil || part == nil {
 				c.add(pp, "must be a content part object with a type")
@@ -256,7 +289,7 @@ func (c *checker) content(path string, raw json.RawMessage, role string) {
 			}
 		}
 	default:
-		c.add(path, "must be a string or an array of content parts")
+		c.add(path(), "must be a string or an array of content parts")
 	}
 }
 
@@ -311,18 +344,35 @@ func (c *checker) tools(raw json.RawMessage) {
 // str checks that raw is a JSON string; it reports a problem and returns
 // false when raw is absent (and required) or not a string.
 func (c *checker) str(path string, raw json.RawMessage, required bool) bool {
+	ok, problem := strCheck(raw, required)
+	if problem != "" {
+		c.addProblem(path, problem)
+	}
+	return ok
+}
+
+// strCheck is str's verdict on raw: whether it is a string, and the
+// problem to report ("" for none).
+func strCheck(raw json.RawMessage, required bool) (ok bool, problem string) {
 	if raw == nil || isNull(raw) {
 		if required {
-			c.add(path, "is required")
+			return false, "is required"
 		}
-		return false
+		return false, ""
+	}
+	if _, plain := plainString(raw); plain {
+		return true, ""
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
-		c.add(path, "must be a string")
-		return false
+		return false, "must be a string"
 	}
-	return true
+	return true, ""
+}
+
+// addProblem adds a problem whose message is final (no formatting).
+func (c *checker) addProblem(path, message string) {
+	c.problems = append(c.problems, Problem{Path: path, Message: message})
 }
 
 func (c *checker) intRange(path string, raw json.RawMessage, lo, hi int64) {
@@ -330,7 +380,13 @@ func (c *checker) intRange(path string, raw json.RawMessage, lo, hi int64) {
 		return
 	}
 	var n int64
-	if err := json.Unmarshal(raw, &n); err != nil {
+	var err error
+	if isInteger(raw) {
+		n, err = strconv.ParseInt(string(raw), 10, 64) // what encoding/json does with it
+	} else {
+		err = json.Unmarshal(raw, &n)
+	}
+	if err != nil {
 		c.add(path, "must be an integer")
 		return
 	}
@@ -344,7 +400,13 @@ func (c *checker) numRange(path string, raw json.RawMessage, lo, hi float64) {
 		return
 	}
 	var f float64
-	if err := json.Unmarshal(raw, &f); err != nil {
+	var err error
+	if isNumber(raw) {
+		f, err = strconv.ParseFloat(string(raw), 64) // what encoding/json does with it
+	} else {
+		err = json.Unmarshal(raw, &f)
+	}
+	if err != nil {
 		c.add(path, "must be a number")
 		return
 	}
@@ -356,9 +418,87 @@ func (c *checker) numRange(path string, raw json.RawMessage, lo, hi float64) {
 func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
 
 func unquote(raw json.RawMessage) string {
+	if s, ok := plainString(raw); ok {
+		return string(s)
+	}
 	var s string
 	_ = json.Unmarshal(raw, &s)
 	return s
+}
+
+// plainString returns the text of raw when raw is a JSON string that
+// encoding/json decodes to its bytes as they are: quoted, without escapes
+// or control characters, valid UTF-8. ok is false for anything else,
+// which the caller decodes with encoding/json.
+func plainString(raw []byte) (s []byte, ok bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return nil, false
+	}
+	s = raw[1 : len(raw)-1]
+	for _, c := range s {
+		if c < 0x20 || c == '"' || c == '\\' {
+			return nil, false
+		}
+	}
+	return s, utf8.Valid(s)
+}
+
+// isInteger reports whether raw is a JSON number without fraction or
+// exponent: -?(0|[1-9][0-9]*).
+func isInteger(raw []byte) bool {
+	i := numberInt(raw)
+	return i > 0 && i == len(raw)
+}
+
+// isNumber reports whether raw is a JSON number:
+// -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func isNumber(raw []byte) bool {
+	i := numberInt(raw)
+	if i <= 0 {
+		return false
+	}
+	if i < len(raw) && raw[i] == '.' {
+		j := skipDigits(raw, i+1)
+		if j == i+1 {
+			return false
+		}
+		i = j
+	}
+	if i < len(raw) && (raw[i] == 'e' || raw[i] == 'E') {
+		i++
+		if i < len(raw) && (raw[i] == '+' || raw[i] == '-') {
+			i++
+		}
+		j := skipDigits(raw, i)
+		if j == i {
+			return false
+		}
+		i = j
+	}
+	return i == len(raw)
+}
+
+// numberInt returns the end of the JSON integer part (-?(0|[1-9][0-9]*))
+// that raw starts with, or 0 when it starts with none.
+func numberInt(raw []byte) int {
+	i := 0
+	if i < len(raw) && raw[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(raw) && raw[i] == '0':
+		return i + 1
+	case i < len(raw) && raw[i] >= '1' && raw[i] <= '9':
+		return skipDigits(raw, i)
+	}
+	return 0
+}
+
+func skipDigits(b []byte, i int) int {
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 func contains(list []string, s string) bool {

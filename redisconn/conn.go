@@ -22,10 +22,14 @@ const (
 	DefaultSentinelPort = "26379"
 )
 
-// Protocol is the RESP version llmq's own clients speak: RESP2, as asynq's.
-// llmq uses no RESP3 feature (push notifications, client-side caching), and
-// go-redis checks every RESP3 reply for pending push notifications, a cost
-// on each of the worker's round trips.
+// Protocol is the RESP version of the clients NewClient makes (the
+// worker's, which its asynq server shares, and every Redis Cluster
+// connection): RESP2. llmq uses no RESP3 feature (push notifications,
+// client-side caching; go-redis's maintenance notifications for Redis
+// Enterprise and Cloud are off with it), and go-redis checks every RESP3
+// reply for pending push notifications, a cost on each of the worker's
+// round trips. AsynqOpt's single-server and Sentinel options leave asynq
+// its default.
 const Protocol = 2
 
 // masked replaces a password wherever a Conn is shown.

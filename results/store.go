@@ -84,11 +84,10 @@ const (
 // already takes one more (save.lua decides), and a failure's count follows
 // its save, since it depends on what the save found.
 func (s *Store) Save(ctx context.Context, r *jobs.Result, opts ...SaveOption) (Transition, error) {
-	b, err := json.Marshal(r)
+	b, err := encodeRecord(r)
 	if err != nil {
 		return "", fmt.Errorf("save result %q: encode: %w", r.JobID, err)
 	}
-	b = validUTF8(b)
 	var o saveOptions
 	for _, opt := range opts {
 		opt(&o)

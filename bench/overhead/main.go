@@ -154,7 +154,11 @@ func run(o options) error {
 	best := make([]*measurement, len(kinds))
 	cpu := make([][]float64, len(kinds)) // per run: worker + Redis CPU per job (ms)
 	for r := range o.runs {
-		for k, kd := range kinds { // interleaved, so load on the machine hits both alike
+		// Interleaved, so load on the machine hits every kind alike, each
+		// run starting with the next kind, so none always goes first.
+		for i := range kinds {
+			k := (r + i) % len(kinds)
+			kd := kinds[k]
 			queue := fmt.Sprintf("ovh%d%c", r, 'a'+k)
 			profile := o.profileDir != "" && k == 1 && r == o.runs-1
 			m, err := measure(ctx, o, rs, fake, kd, queue, url, profile)
