@@ -172,7 +172,7 @@ func TestLockWorkEndsBeforeTheClaimLapses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	s.lockTTL = 3 * time.Second // a margin of 500 ms: far more than a PTTL's round trip
+	s.lockTTL = 6 * time.Second // a margin of 1 s: far more than a PTTL's round trip, even on a loaded machine
 	ctx := context.Background()
 	lctx, unlock, ok, err := s.lock(ctx, "b1")
 	if err != nil || !ok {

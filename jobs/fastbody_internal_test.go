@@ -3,6 +3,8 @@ package jobs
 import (
 	"encoding/json"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -124,4 +126,35 @@ func FuzzFastJob(f *testing.F) {
 		f.Add([]byte(tc.payload))
 	}
 	f.Fuzz(func(t *testing.T, payload []byte) { requireSameAsJSON(t, payload) })
+}
+
+// The fast paths know the fields by name (requestKeys, messageKeys,
+// jobKeys): a field added to Request, Message or Job and not to its list
+// would be dropped by the fast path while json.Unmarshal reads it, and a
+// case variant of its key would slip past mayMatch. This fails until the
+// list (and the fast path that reads it) learns the field.
+func TestFastKeysAreTheStructsFields(t *testing.T) {
+	for _, c := range []struct {
+		typ  reflect.Type
+		keys []string
+	}{
+		{reflect.TypeFor[Request](), requestKeys},
+		{reflect.TypeFor[Message](), messageKeys},
+		{reflect.TypeFor[Job](), jobKeys},
+	} {
+		var fields []string
+		for f := range c.typ.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if !f.IsExported() || name == "-" {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			fields = append(fields, name)
+		}
+		if got, want := slices.Sorted(slices.Values(c.keys)), slices.Sorted(slices.Values(fields)); !slices.Equal(got, want) {
+			t.Errorf("%s: the fast path's keys %v, the struct's JSON fields %v", c.typ.Name(), got, want)
+		}
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/llmq/llmq/internal/jsonscan"
 )
 
 // MaxBodyBytes is the largest request body llmq accepts for one job.
@@ -381,7 +383,7 @@ func (c *checker) intRange(path string, raw json.RawMessage, lo, hi int64) {
 	}
 	var n int64
 	var err error
-	if isInteger(raw) {
+	if jsonscan.Integer(raw) {
 		n, err = strconv.ParseInt(string(raw), 10, 64) // what encoding/json does with it
 	} else {
 		err = json.Unmarshal(raw, &n)
@@ -443,62 +445,10 @@ func plainString(raw []byte) (s []byte, ok bool) {
 	return s, utf8.Valid(s)
 }
 
-// isInteger reports whether raw is a JSON number without fraction or
-// exponent: -?(0|[1-9][0-9]*).
-func isInteger(raw []byte) bool {
-	i := numberInt(raw)
-	return i > 0 && i == len(raw)
-}
-
-// isNumber reports whether raw is a JSON number:
-// -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+// isNumber reports whether raw is exactly a JSON number.
 func isNumber(raw []byte) bool {
-	i := numberInt(raw)
-	if i <= 0 {
-		return false
-	}
-	if i < len(raw) && raw[i] == '.' {
-		j := skipDigits(raw, i+1)
-		if j == i+1 {
-			return false
-		}
-		i = j
-	}
-	if i < len(raw) && (raw[i] == 'e' || raw[i] == 'E') {
-		i++
-		if i < len(raw) && (raw[i] == '+' || raw[i] == '-') {
-			i++
-		}
-		j := skipDigits(raw, i)
-		if j == i {
-			return false
-		}
-		i = j
-	}
-	return i == len(raw)
-}
-
-// numberInt returns the end of the JSON integer part (-?(0|[1-9][0-9]*))
-// that raw starts with, or 0 when it starts with none.
-func numberInt(raw []byte) int {
-	i := 0
-	if i < len(raw) && raw[i] == '-' {
-		i++
-	}
-	switch {
-	case i < len(raw) && raw[i] == '0':
-		return i + 1
-	case i < len(raw) && raw[i] >= '1' && raw[i] <= '9':
-		return skipDigits(raw, i)
-	}
-	return 0
-}
-
-func skipDigits(b []byte, i int) int {
-	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-		i++
-	}
-	return i
+	end, ok := jsonscan.Number(raw, 0)
+	return ok && end == len(raw)
 }
 
 func contains(list []string, s string) bool {

@@ -9,6 +9,10 @@ import (
 // RemoveChunk is how many tasks one Redis call of RemoveQueued handles.
 const RemoveChunk = 1000
 
+// removedMarker overwrites a removed task's entry in the pending list
+// before one LREM drops them all (remove.lua); no job id has a NUL byte.
+const removedMarker = "\x00llmq:removed"
+
 // Removal is what RemoveQueued found of one job's task.
 type Removal int
 
@@ -39,7 +43,10 @@ var removeLua string
 // trip and one pass over the queue's pending list per RemoveChunk ids,
 // where DeleteTask costs two round trips and a scan of the whole pending
 // list per task (minutes for tens of thousands of tasks). Each chunk is
-// atomic: a task is deleted only if it has not started.
+// atomic: a task is deleted only if it has not started. Each pass blocks
+// Redis in proportion to the pending list's length, all tenants' tasks
+// included (about 0.4 s at 300,000 pending on a busy 2-core machine), as
+// each of DeleteTask's scans does.
 func (p *Producer) RemoveQueued(ctx context.Context, queue string, ids []string) ([]Removal, error) {
 	out := make([]Removal, 0, len(ids))
 	prefix := queuePrefix(queue)
@@ -48,7 +55,7 @@ func (p *Producer) RemoveQueued(ctx context.Context, queue string, ids []string)
 		keys := make([]string, 0, 2+len(chunk))
 		args := make([]any, 0, 2+len(chunk))
 		keys = append(keys, prefix+"pending", prefix+"groups")
-		args = append(args, prefix, prefix+"g:")
+		args = append(args, prefix, prefix+"g:", removedMarker)
 		for _, id := range chunk {
 			keys = append(keys, taskKey(queue, id))
 			args = append(args, id)

@@ -5,48 +5,63 @@
 -- KEYS[1] the queue's pending list; KEYS[2] its set of groups;
 -- KEYS[3..] the tasks' keys.
 -- ARGV[1] the queue's key prefix; ARGV[2] its group key prefix;
--- ARGV[3..] the task ids, in KEYS' order.
--- Returns per task: 1 deleted, 0 no such task, -1 active (left alone).
-local out = {}
-local pending = {}
-local npending = 0
+-- ARGV[3] a marker no task id equals; ARGV[4..] the task ids, in KEYS'
+-- order from KEYS[3].
+-- The state sets, group sets and unique keys are built from the prefixes
+-- (as asynq's own scripts do): all share the queue's {hash tag}, so the
+-- script stays on one Redis Cluster slot.
+-- Returns per task: 1 deleted, 0 no such task, -1 left alone (active, or
+-- a state this script does not know how to delete).
+--
+-- It reads everything first and writes only once it knows every write
+-- succeeds: Redis does not roll a script back, so a failure half-way must
+-- not leave a task's hash deleted with its id still queued. The pending
+-- list is never rewritten: the removed ids' entries are overwritten with
+-- the marker (LSET) and dropped by one LREM, so AOF and replicas see a
+-- few small commands, not the list. The pass over the list is still
+-- proportional to its length (as each of asynq's LREMs is).
+local out, del = {}, {}
+local pending, npending = {}, 0
 for i = 3, #KEYS do
-  local id = ARGV[i]
+  local id = ARGV[i + 1]
   local state, group, unique_key = unpack(redis.call('HMGET', KEYS[i], 'state', 'group', 'unique_key'))
   if not state then
     out[i - 2] = 0
-  elseif state == 'active' then
+  elseif state == 'active' or (state == 'aggregating' and not group) then
     out[i - 2] = -1
   else
+    out[i - 2] = 1
+    del[#del + 1] = {key = KEYS[i], id = id, state = state, group = group, unique_key = unique_key}
     if state == 'pending' then
       pending[id] = true
       npending = npending + 1
-    elseif state == 'aggregating' then
-      redis.call('ZREM', ARGV[2] .. group, id)
-      if redis.call('ZCARD', ARGV[2] .. group) == 0 then
-        redis.call('SREM', KEYS[2], group)
-      end
-    else
-      redis.call('ZREM', ARGV[1] .. state, id)
     end
-    if unique_key and unique_key ~= '' and redis.call('GET', unique_key) == id then
-      redis.call('DEL', unique_key)
-    end
-    redis.call('DEL', KEYS[i])
-    out[i - 2] = 1
   end
 end
 if npending > 0 then
-  local all = redis.call('LRANGE', KEYS[1], 0, -1)
-  local keep = {}
-  for _, v in ipairs(all) do
-    if not pending[v] then
-      keep[#keep + 1] = v
+  local marked = 0
+  for index, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    if pending[v] then
+      redis.call('LSET', KEYS[1], index - 1, ARGV[3])
+      marked = marked + 1
     end
   end
-  redis.call('DEL', KEYS[1])
-  for j = 1, #keep, 4096 do
-    redis.call('RPUSH', KEYS[1], unpack(keep, j, math.min(j + 4095, #keep)))
+  if marked > 0 then
+    redis.call('LREM', KEYS[1], 0, ARGV[3])
   end
+end
+for _, t in ipairs(del) do
+  if t.state == 'aggregating' then
+    redis.call('ZREM', ARGV[2] .. t.group, t.id)
+    if redis.call('ZCARD', ARGV[2] .. t.group) == 0 then
+      redis.call('SREM', KEYS[2], t.group)
+    end
+  elseif t.state ~= 'pending' then
+    redis.call('ZREM', ARGV[1] .. t.state, t.id)
+  end
+  if t.unique_key and t.unique_key ~= '' and redis.call('GET', t.unique_key) == t.id then
+    redis.call('DEL', t.unique_key)
+  end
+  redis.call('DEL', t.key)
 end
 return out

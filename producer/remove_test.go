@@ -99,3 +99,42 @@ func TestRemoveQueuedAsAsynq(t *testing.T) {
 		t.Fatalf("again: RemoveQueued = %v, %v; want %v", got, err, want)
 	}
 }
+
+// A task RemoveQueued cannot delete (here an aggregating task with no
+// group: a damaged hash) is left alone and changes nothing else: the
+// script reads everything before it writes, so the pending task beside it
+// goes whole — its hash and its list entry — and the list keeps the rest.
+func TestRemoveQueuedWritesNothingHalfway(t *testing.T) {
+	env := llmqtest.Redis(t)
+	p := newProducer(t, env)
+	c := asynq.NewClient(env.Opt)
+	defer c.Close()
+	for _, id := range []string{"keep", "p1"} {
+		if _, err := c.Enqueue(asynq.NewTask("t", nil), asynq.Queue(env.Queue), asynq.TaskID(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	damaged := "asynq:{" + env.Queue + "}:t:bad"
+	if err := env.Client.HSet(ctx, damaged, "state", "aggregating").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Client.Del(context.Background(), damaged) })
+	got, err := p.RemoveQueued(ctx, env.Queue, []string{"p1", "bad"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []producer.Removal{producer.Removed, producer.InFlight}; !slices.Equal(got, want) {
+		t.Fatalf("RemoveQueued = %v, want %v", got, want)
+	}
+	list, err := env.Client.LRange(ctx, "asynq:{"+env.Queue+"}:pending", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(list, []string{"keep"}) {
+		t.Fatalf("pending list %v, want [keep]", list)
+	}
+	if n, _ := env.Client.Exists(ctx, "asynq:{"+env.Queue+"}:t:p1", damaged).Result(); n != 1 {
+		t.Fatalf("%d of p1's and the damaged task's hashes exist, want only the damaged one", n)
+	}
+}
