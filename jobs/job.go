@@ -60,7 +60,9 @@ func Decode(payload []byte) (*Job, error) {
 
 // DecodeRequest is Decode that also returns the typed view of the job's
 // body (what Request returns), read once with the validation: the
-// worker's path, which needs both.
+// worker's path, which needs both. The Request's raw fields may share
+// memory with the Job's Body (capped slices: appending to them copies):
+// treat the Body as read-only while the Request is in use.
 func DecodeRequest(payload []byte) (*Job, *Request, error) {
 	var j Job
 	if !fastJob(payload, &j) { // the usual payload, read in one pass
