@@ -94,19 +94,19 @@ func fastRequest(body []byte) (req *Request, ok bool) {
 	}) || len(r.Messages) == 0 {
 		return nil, false
 	}
-	if r.MaxTokens, ok = fastInt(f[fMaxTokens], 1, 1<<30); !ok {
+	if r.MaxTokens, ok = fastInt(f[fMaxTokens], 1, maxTokensLimit); !ok {
 		return nil, false
 	}
-	if r.MaxCompletionTokens, ok = fastInt(f[fMaxCompletionTokens], 1, 1<<30); !ok {
+	if r.MaxCompletionTokens, ok = fastInt(f[fMaxCompletionTokens], 1, maxTokensLimit); !ok {
 		return nil, false
 	}
-	if r.N, ok = fastInt(f[fN], 1, 128); !ok {
+	if r.N, ok = fastInt(f[fN], 1, maxN); !ok {
 		return nil, false
 	}
-	if r.Temperature, ok = fastNum(f[fTemperature], 0, 2); !ok {
+	if r.Temperature, ok = fastNum(f[fTemperature], 0, maxTemperature); !ok {
 		return nil, false
 	}
-	if _, ok = fastNum(f[fTopP], 0, 1); !ok {
+	if _, ok = fastNum(f[fTopP], 0, maxTopP); !ok {
 		return nil, false
 	}
 	if s := string(f[fStream]); s != "" && s != "null" && s != "false" {
@@ -249,7 +249,7 @@ func fastNum(v []byte, lo, hi float64) (*float64, bool) {
 	if v == nil || string(v) == "null" {
 		return nil, true
 	}
-	if end, ok := jsonscan.Number(v, 0); !ok || end != len(v) {
+	if !isNumber(v) {
 		return nil, false
 	}
 	f, err := strconv.ParseFloat(string(v), 64)

@@ -24,6 +24,15 @@ const MaxIDLength = 256
 // job at its first rate limit; no job needs more than this.
 const MaxAttempts = 100
 
+// The ranges of a body's numeric fields, checked by the checker and by the
+// fast path (fastbody.go) alike: from 1, or 0 for the sampling fields.
+const (
+	maxTokensLimit = 1 << 30 // max_tokens, max_completion_tokens
+	maxN           = 128
+	maxTemperature = 2
+	maxTopP        = 1
+)
+
 // MaxFallbacks is the longest fallback list a job may carry: each entry can
 // cost one upstream call per attempt.
 const MaxFallbacks = 8
@@ -171,11 +180,11 @@ func (c *checker) readBody(body json.RawMessage) {
 		c.add("model", "must not be empty")
 	}
 	c.messages(m["messages"])
-	c.intRange("max_tokens", m["max_tokens"], 1, 1<<30)
-	c.intRange("max_completion_tokens", m["max_completion_tokens"], 1, 1<<30)
-	c.intRange("n", m["n"], 1, 128)
-	c.numRange("temperature", m["temperature"], 0, 2)
-	c.numRange("top_p", m["top_p"], 0, 1)
+	c.intRange("max_tokens", m["max_tokens"], 1, maxTokensLimit)
+	c.intRange("max_completion_tokens", m["max_completion_tokens"], 1, maxTokensLimit)
+	c.intRange("n", m["n"], 1, maxN)
+	c.numRange("temperature", m["temperature"], 0, maxTemperature)
+	c.numRange("top_p", m["top_p"], 0, maxTopP)
 	if v, ok := m["stream"]; ok && !isNull(v) {
 		var s bool
 		if err := json.Unmarshal(v, &s); err != nil {
