@@ -22,6 +22,19 @@ func allowIn(t *testing.T, env *llmqtest.Env, b *breaker.Breaker, model string) 
 	return read()
 }
 
+// windowKey is the Redis key of model's window hash (Key + ":window").
+func windowKey(b *breaker.Breaker, model string) string { return b.Key(model) + ":window" }
+
+// windowLen is the number of fields in model's window hash.
+func windowLen(t *testing.T, env *llmqtest.Env, b *breaker.Breaker, model string) int64 {
+	t.Helper()
+	n, err := env.Client.HLen(context.Background(), windowKey(b, model)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // Calls the gate read lets through count toward the failure rate exactly
 // as Allow's do, and the read never lets a call through a breaker that is
 // not closed.
@@ -92,17 +105,13 @@ func TestWindowFieldsArePruned(t *testing.T) {
 	clk := newClock()
 	b := newBreaker(t, env, clk, nil)
 	const m = "m"
-	window := b.Key(m) + ":window"
+	window := windowKey(b, m)
 	ctx := context.Background()
 	for range 5 * breaker.WindowBuckets { // five windows, a call a second
 		allowIn(t, env, b, m)
 		clk.Advance(time.Second)
 	}
-	n, err := env.Client.HLen(ctx, window).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n > breaker.WindowBuckets {
+	if n := windowLen(t, env, b, m); n > breaker.WindowBuckets {
 		t.Fatalf("after five windows of calls the window hash has %d fields, want at most %d", n, breaker.WindowBuckets)
 	}
 	// Now is a second after the last call: the window holds 59 of them.
@@ -136,27 +145,18 @@ func TestWindowStaysSmallOnEveryPath(t *testing.T) {
 	env := llmqtest.Redis(t)
 	clk := newClock()
 	b := newBreaker(t, env, clk, nil)
-	ctx := context.Background()
-	hlen := func(model string) int64 {
-		t.Helper()
-		n, err := env.Client.HLen(ctx, b.Key(model)+":window").Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
 	for range 5 * breaker.WindowBuckets {
 		record(t, b, allow(t, b, "fallback"), breaker.Success)
 		clk.Advance(time.Second)
 	}
-	if n := hlen("fallback"); n > breaker.WindowBuckets {
+	if n := windowLen(t, env, b, "fallback"); n > breaker.WindowBuckets {
 		t.Fatalf("five windows of Allow: the window hash has %d fields, want at most %d", n, breaker.WindowBuckets)
 	}
 	for range 50 { // a call every 150 s: never two in a window
 		allowIn(t, env, b, "sparse")
 		clk.Advance(150 * time.Second)
 	}
-	if n := hlen("sparse"); n != 1 {
+	if n := windowLen(t, env, b, "sparse"); n != 1 {
 		t.Fatalf("50 calls 150 s apart: the window hash has %d fields, want 1", n)
 	}
 }
@@ -170,7 +170,7 @@ func TestWindowIgnoresFieldsFarAhead(t *testing.T) {
 	b := newBreaker(t, env, clk, nil)
 	const m = "m"
 	ctx := context.Background()
-	window := b.Key(m) + ":window"
+	window := windowKey(b, m)
 	now := clk.Now().Unix() // 1 s buckets
 	far, near := fmt.Sprintf("c%d", 2*now), fmt.Sprintf("c%d", now+1)
 	if err := env.Client.HSet(ctx, window, far, 3000, near, 2).Err(); err != nil {
@@ -196,7 +196,7 @@ func TestWindowAlwaysExpires(t *testing.T) {
 	b := newBreaker(t, env, clk, nil)
 	const m = "m"
 	ctx := context.Background()
-	window := b.Key(m) + ":window"
+	window := windowKey(b, m)
 	allowIn(t, env, b, m) // this bucket's prune
 	for range breaker.DefaultFailures {
 		fail(t, b, m) // the trip deletes the window
