@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -56,6 +59,19 @@ func runBaselineWorker(o options) error {
 		Queues:      map[string]int{o.queue: 1},
 		LogLevel:    asynq.ErrorLevel,
 	})
+	if o.pprofAddr != "" {
+		// Listening before asynq lists the server: the bench asks for the
+		// profiles as soon as it does.
+		l, err := net.Listen("tcp", o.pprofAddr)
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.Handle("/debug/pprof/allocs", pprof.Handler("allocs"))
+		go func() { _ = http.Serve(l, mux) }()
+	}
 	if err := srv.Start(&plainHandler{client: client, rdb: rdb, prefix: o.prefix}); err != nil {
 		return err
 	}

@@ -13,12 +13,13 @@
 //
 //	make bench-overhead
 //	go run ./bench/overhead -bin bin/llmq -jobs 4000 -concurrency 32 -runs 3
-//	go run ./bench/overhead -bin bin/llmq -profile /tmp/prof   # + the llmq worker's pprof of its last run
+//	go run ./bench/overhead -bin bin/llmq -profile /tmp/prof   # + both workers' pprof of their last run
 //
 // The baseline runs as a subprocess of this command (-baseline-worker), and
 // `llmq worker` through the shared fleet harness (llmqtest/fleet), so that
-// both are measured the same way from /proc. With -profile the last
-// llmq run serves its profiles (worker.pprof) and the bench saves a CPU and an
-// allocation profile of its drain (go tool pprof -top bin/llmq DIR/cpu.pprof);
-// the profiler costs that run a few percent.
+// both are measured the same way from /proc. With -profile the last run
+// of each serves its profiles (llmq's worker.pprof, the baseline's
+// -pprof-addr) and the bench saves a CPU and an allocation profile of its
+// drain (go tool pprof -top bin/llmq DIR/cpu.pprof; the baseline's are
+// DIR/plain-*.pprof); the profiler costs that run a few percent.
 package main

@@ -50,6 +50,7 @@ type options struct {
 	redisAddr      string
 	queue, prefix  string
 	url            string
+	pprofAddr      string
 }
 
 func main() {
@@ -60,13 +61,14 @@ func main() {
 	flag.IntVar(&o.concurrency, "concurrency", defaultConcurrency, "handler concurrency of each worker process")
 	flag.IntVar(&o.runs, "runs", defaultRuns, "runs per worker kind; the best is reported")
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "print each llmq worker's log after its run")
-	flag.StringVar(&o.profileDir, "profile", "", "write the llmq worker's CPU and allocation profiles of its last run to this directory (cpu.pprof, allocs.pprof; worker.pprof on)")
+	flag.StringVar(&o.profileDir, "profile", "", "write the CPU and allocation profiles of each worker's last run to this directory (llmq: cpu.pprof, allocs.pprof, worker.pprof on; the plain handler: plain-cpu.pprof, plain-allocs.pprof)")
 	flag.DurationVar(&o.profileFor, "profile-for", defaultProfileFor, "how long the profiles of -profile cover from the start of the drain (idle time adds no CPU samples)")
 	flag.BoolVar(&o.baselineWorker, "baseline-worker", false, "internal: run the plain asynq baseline worker")
 	flag.StringVar(&o.redisAddr, "redis", "", "internal: Redis address of the baseline worker")
 	flag.StringVar(&o.queue, "queue", "", "internal: queue of the baseline worker")
 	flag.StringVar(&o.prefix, "prefix", "", "internal: key prefix of the baseline worker")
 	flag.StringVar(&o.url, "url", "", "internal: upstream base URL of the baseline worker")
+	flag.StringVar(&o.pprofAddr, "pprof-addr", "", "internal: address the baseline worker serves /debug/pprof/ on")
 	flag.Parse()
 	var err error
 	if o.baselineWorker {
@@ -80,12 +82,13 @@ func main() {
 	}
 }
 
-// kind is one of the two workers measured. start starts one process of
-// it and returns once asynq lists it; with profile set (llmq only) it
-// serves its profiles.
+// kind is one of the workers measured. start starts one process of it
+// and returns once asynq lists it; with profile set it serves its
+// profiles, which -profile writes to files named with prefix.
 type kind struct {
-	name  string
-	start func(ctx context.Context, o options, queue, url string, profile bool) (*proc, error)
+	name   string
+	prefix string
+	start  func(ctx context.Context, o options, queue, url string, profile bool) (*proc, error)
 }
 
 // proc is one measured worker process.
@@ -137,15 +140,15 @@ func run(o options) error {
 		return err
 	}
 	kinds := []kind{
-		{"plain asynq handler", func(_ context.Context, o options, queue, url string, _ bool) (*proc, error) {
-			return startBaseline(dir, self, o, queue, url)
+		{"plain asynq handler", "plain-", func(_ context.Context, o options, queue, url string, profile bool) (*proc, error) {
+			return startBaseline(dir, self, o, queue, url, profile)
 		}},
-		{"llmq worker", func(ctx context.Context, o options, queue, url string, profile bool) (*proc, error) {
+		{"llmq worker", "", func(ctx context.Context, o options, queue, url string, profile bool) (*proc, error) {
 			return startLLMQ(ctx, dir, o.bin, o, queue, url, profile)
 		}},
 	}
 	if o.compare != "" {
-		kinds = append(kinds, kind{"llmq -compare binary", func(ctx context.Context, o options, queue, url string, _ bool) (*proc, error) {
+		kinds = append(kinds, kind{"llmq -compare binary", "compare-", func(ctx context.Context, o options, queue, url string, _ bool) (*proc, error) {
 			return startLLMQ(ctx, dir, o.compare, o, queue, url, false)
 		}})
 	}
@@ -160,7 +163,7 @@ func run(o options) error {
 			k := (r + i) % len(kinds)
 			kd := kinds[k]
 			queue := fmt.Sprintf("ovh%d%c", r, 'a'+k)
-			profile := o.profileDir != "" && k == 1 && r == o.runs-1
+			profile := o.profileDir != "" && k < 2 && r == o.runs-1
 			m, err := measure(ctx, o, rs, fake, kd, queue, url, profile)
 			if err != nil {
 				return fmt.Errorf("%s, run %d: %w", kd.name, r+1, err)
@@ -258,7 +261,7 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 	}
 	var profiles <-chan error
 	if w.pprof != "" {
-		profiles = takeProfiles(w.pprof, o.profileFor, o.profileDir)
+		profiles = takeProfiles(w.pprof, o.profileFor, o.profileDir, kd.prefix)
 	}
 	if err := insp.UnpauseQueue(queue); err != nil {
 		return nil, fmt.Errorf("unpause queue: %w", err)
@@ -284,7 +287,7 @@ func measure(ctx context.Context, o options, rs *redisServer, fake *fakeupstream
 		if err := <-profiles; err != nil {
 			return nil, err
 		}
-		fmt.Printf("  profiles of the llmq worker's run %s: %s (go tool pprof -top %s)\n", queue, o.profileDir, filepath.Join(o.profileDir, "cpu.pprof"))
+		fmt.Printf("  profiles of the %s's run %s: %s (go tool pprof -top %s)\n", kd.name, queue, o.profileDir, filepath.Join(o.profileDir, kd.prefix+"cpu.pprof"))
 	}
 	m.upstreamCalls = fake.Stats().Requests - calls0
 	m.workerCPU, m.redisCPU = wcpu1-wcpu0, rcpu1-rcpu0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,15 +69,27 @@ func startLLMQ(ctx context.Context, dir, bin string, o options, queue, url strin
 }
 
 // startBaseline starts this command as the plain asynq baseline worker
-// (-baseline-worker), its output in dir/<queue>.log.
-func startBaseline(dir, self string, o options, queue, url string) (*proc, error) {
+// (-baseline-worker), its output in dir/<queue>.log; with profile, it
+// serves its profiles as llmq's worker.pprof does.
+func startBaseline(dir, self string, o options, queue, url string, profile bool) (*proc, error) {
 	path := filepath.Join(dir, queue+".log")
 	logf, err := os.Create(path)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, "-baseline-worker", "-redis", o.redisAddr, "-queue", queue, "-prefix", queue,
-		"-url", url, "-concurrency", fmt.Sprint(o.concurrency))
+	args := []string{"-baseline-worker", "-redis", o.redisAddr, "-queue", queue, "-prefix", queue,
+		"-url", url, "-concurrency", fmt.Sprint(o.concurrency)}
+	var pprofBase string
+	if profile {
+		addr, err := freeAddr()
+		if err != nil {
+			logf.Close()
+			return nil, err
+		}
+		args = append(args, "-pprof-addr", addr)
+		pprofBase = "http://" + addr + "/debug/pprof/"
+	}
+	cmd := exec.Command(self, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -90,7 +103,7 @@ func startBaseline(dir, self string, o options, queue, url string) (*proc, error
 		once.Do(func() { exitErr = cmd.Wait(); logf.Close() })
 		return exitErr
 	}
-	p := &proc{pid: cmd.Process.Pid, log: path,
+	p := &proc{pid: cmd.Process.Pid, log: path, pprof: pprofBase,
 		kill: func() { _ = cmd.Process.Kill(); _ = wait() },
 		term: func() error {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -126,4 +139,14 @@ func waitRegistered(redisAddr string, pid int) error {
 		}
 	}
 	return errors.New("the worker did not register with asynq within " + registerWithin.String())
+}
+
+// freeAddr returns a loopback address with a port free at the moment.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }

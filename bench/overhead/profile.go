@@ -13,9 +13,9 @@ import (
 // takeProfiles fetches, at once and side by side, a CPU profile and an
 // allocation profile (the allocations made during the window) covering
 // d from now from the worker's /debug/pprof/ at base, and writes them to
-// dir as cpu.pprof and allocs.pprof. The channel gets one error (nil on
-// success) when both are written.
-func takeProfiles(base string, d time.Duration, dir string) <-chan error {
+// dir as prefix+"cpu.pprof" and prefix+"allocs.pprof". The channel gets
+// one error (nil on success) when both are written.
+func takeProfiles(base string, d time.Duration, dir, prefix string) <-chan error {
 	done := make(chan error, 1)
 	secs := max(1, int(d.Round(time.Second)/time.Second))
 	go func() {
@@ -29,7 +29,7 @@ func takeProfiles(base string, d time.Duration, dir string) <-chan error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs[i] = fetch(fmt.Sprintf("%s%s?seconds=%d", base, p.path, secs), filepath.Join(dir, p.file), d)
+				errs[i] = fetch(fmt.Sprintf("%s%s?seconds=%d", base, p.path, secs), filepath.Join(dir, prefix+p.file), d)
 			}()
 		}
 		wg.Wait()
