@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,10 +15,10 @@ import (
 )
 
 // This file owns what a handler run can decide and how asynq reads it, the
-// way river's JobSnooze does: every run ends in one verdict; apply
-// (handler.go) carries it out and returns one of the errors below; asynq's
-// hooks (isFailure, retryDelay, onFailure) read those errors back, and
-// jobOutcome names them for llmq_jobs_total.
+// way river's JobSnooze does: every run ends in one verdict; finish
+// (finish.go) carries it out and returns one of the errors below; asynq's
+// hooks (isFailure, retryDelay, and onFailure in finish.go) read those
+// errors back, and jobOutcome names them for llmq_jobs_total.
 
 // RetryMargin is how many retries beyond a job's attempts asynq may count
 // before it archives a task on its own. The worker counts attempts itself
@@ -181,35 +180,6 @@ func jobOutcome(err error) string {
 	default:
 		return metrics.JobError
 	}
-}
-
-// onFailure is asynq's ErrorHandler: it runs for every handler error before
-// asynq acts on it. When asynq is about to archive the task on its own (its
-// retry count is spent, which the worker's own accounting avoids but
-// crashes during last attempts can cause) and the handler did not
-// dead-letter it, the failure is stored so the job has its result and its
-// batch can finish. A give-back is never a failure.
-func (w *Worker) onFailure(ctx context.Context, t *asynq.Task, err error) {
-	var (
-		dl *deadLetterError
-		g  *givenBackError
-	)
-	if errors.As(err, &dl) || errors.As(err, &g) || errors.Is(err, asynq.RevokeTask) {
-		return
-	}
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, ok := asynq.GetMaxRetry(ctx)
-	if !ok || retried < maxRetry {
-		return
-	}
-	job, derr := jobs.Decode(t.Payload())
-	if derr != nil {
-		return
-	}
-	a := &attempt{job: job, task: t, retried: retried, number: retried + 1, max: maxRetry, started: w.now()}
-	v := dead(policy.ClassExhausted, fmt.Sprintf("asynq retries exhausted (%d of %d): %v", retried, maxRetry, err))
-	v.cause = err
-	w.finish(context.WithoutCancel(ctx), a, v)
 }
 
 // cutShort reports whether v may be an artefact of the run's context
