@@ -20,7 +20,7 @@ func (s *Store) GetIn(ctx context.Context, pipe redis.Pipeliner, jobID string) f
 	return func() (*jobs.Result, error) {
 		b, err := cmd.Bytes()
 		if errors.Is(err, redis.Nil) {
-			return nil, fmt.Errorf("job %q: %w", jobID, ErrNotFound)
+			return nil, notFound(jobID)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read result %q: %w", jobID, err)

@@ -25,6 +25,17 @@ import (
 // ErrNotFound is returned when a job has no stored result (yet).
 var ErrNotFound = errors.New("result not found")
 
+// notFoundError is ErrNotFound for one job. The worker's gate meets it
+// for nearly every job (no result yet: the common case), so it is a
+// small value formatted only when printed.
+type notFoundError struct{ jobID string }
+
+func notFound(jobID string) error { return &notFoundError{jobID} }
+
+func (e *notFoundError) Error() string { return fmt.Sprintf("job %q: %v", e.jobID, ErrNotFound) }
+
+func (e *notFoundError) Unwrap() error { return ErrNotFound }
+
 //go:embed save.lua
 var saveLua string
 
@@ -149,7 +160,7 @@ func validUTF8(b []byte) []byte {
 func (s *Store) Get(ctx context.Context, jobID string) (*jobs.Result, error) {
 	b, err := s.rdb.Get(ctx, s.resultKey(jobID)).Bytes()
 	if errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("job %q: %w", jobID, ErrNotFound)
+		return nil, notFound(jobID)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read result %q: %w", jobID, err)

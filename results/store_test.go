@@ -57,8 +57,8 @@ func TestSaveIsIdempotentAndCountsOnce(t *testing.T) {
 	if err != nil || r.Status != jobs.StatusSucceeded || r.Attempts != 2 {
 		t.Fatalf("Get = %+v, %v: the first success must be kept", r, err)
 	}
-	if _, err := s.Get(ctx, "nope"); !errors.Is(err, results.ErrNotFound) {
-		t.Errorf("Get(missing) = %v, want ErrNotFound", err)
+	if _, err := s.Get(ctx, "nope"); !errors.Is(err, results.ErrNotFound) || err.Error() != `job "nope": result not found` {
+		t.Errorf("Get(missing) = %v, want ErrNotFound naming the job", err)
 	}
 	if _, err := s.Batch(ctx, "nope"); !errors.Is(err, results.ErrNotFound) {
 		t.Errorf("Batch(missing) = %v, want ErrNotFound", err)

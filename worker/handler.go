@@ -46,6 +46,7 @@ type attempt struct {
 // decode → gate (redelivery, deadline, hold) → walk the model tiers → one
 // verdict → finish (store what it says, tell asynq).
 func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	growStack(0)
 	a, v := w.decode(ctx, t)
 	if v == nil {
 		v = w.gate(ctx, a)
