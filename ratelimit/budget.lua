@@ -199,7 +199,13 @@ elseif op == 'reconcile' then
     kr = math.max(kr, sr + own)
   end
   if st >= 0 then
+    -- The provider charged this request by its own count, which the fleet
+    -- knows only as an estimate: take the smaller of the estimate and its
+    -- calibrated charge, so that a factor learned too high never proves a
+    -- larger bucket than the provider has (a larger kt would let readings
+    -- of a capped bucket into the calibration and raise the factor more).
     local own = charged
+    if raw > 0 and raw < own then own = raw end
     if refused then own = 0 end
     kt = math.max(kt, st + own)
   end

@@ -204,3 +204,47 @@ func TestCalibratedCharge(t *testing.T) {
 		t.Fatalf("reservation %+v with factor %v, want charged ceil(100 × factor)", r, f)
 	}
 }
+
+// A calibration factor above the provider's (here 1.2 against a provider
+// that charges exactly the estimate, as load noise once taught a fleet)
+// must not prove a larger provider bucket than there is: the bucket's
+// proof counts the request's estimate, not its scaled charge. Proving 2000
+// + 20 % of a call here let readings of a capped bucket into the
+// calibration, which raised the factor further.
+func TestFalseFactorProvesNoLargerBucket(t *testing.T) {
+	const tpm, capacity = 60_000, 2000
+	l, clk := newDefaultBurstTest(t, Budget{TPM: tpm})
+	c := newClient()
+	defer c.Close()
+	// The factor is stored in the budget's hash (budget.lua's f).
+	mustReserve(t, l, Cost{0, 1})
+	if err := c.HSet(ctx, l.Key(model), "f", "1.2").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if f := usage(t, l).Factor; math.Abs(f-1.2) > 1e-9 {
+		t.Fatalf("factor %v after setting it, want 1.2", f)
+	}
+	p := &simProvider{level: capacity, capacity: capacity, perMS: tpm / 60_000.0, ratio: 1, at: clk.Now()}
+	for i := range 50 {
+		res := mustReserve(t, l, Cost{1, 100})
+		if !res.OK {
+			clk.Advance(res.Wait)
+			continue
+		}
+		if i == 0 && res.Charged != 120 {
+			t.Fatalf("charged %d for an estimate of 100 at factor 1.2, want 120", res.Charged)
+		}
+		sv := NoServerView()
+		_, sv.RemainingTokens = p.call(clk.Now(), 100)
+		if err := l.Reconcile(ctx, res, -1, sv); err != nil {
+			t.Fatal(err)
+		}
+		if tc := usage(t, l).TokenCapacity; tc > capacity {
+			t.Fatalf("proven token capacity %d, above the provider's %d", tc, capacity)
+		}
+		clk.Advance(100 * time.Millisecond)
+	}
+	if tc := usage(t, l).TokenCapacity; tc != capacity {
+		t.Errorf("proven token capacity %d, want the provider's %d", tc, capacity)
+	}
+}
