@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -136,6 +137,42 @@ func TestWaitEndsOnACompletedTaskWithoutResult(t *testing.T) {
 	_, err := p.Wait(ctx, "c1")
 	if !errors.Is(err, producer.ErrNotFound) || ctx.Err() != nil {
 		t.Fatalf("Wait = %v, want ErrNotFound for a completed task without a result", err)
+	}
+}
+
+// A job whose task asynq archived (its handler failed for good) is not
+// pending: without a stored result Result and Wait say ErrNotFound naming
+// the state at once; with the dead letter's failure record, they return it
+// as a failed job.
+func TestArchivedTaskIsNotPending(t *testing.T) {
+	env := llmqtest.Redis(t)
+	p := newProducer(t, env)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, id := range []string{"a1", "a2"} {
+		if _, err := p.Enqueue(ctx, &jobs.Job{ID: id, Body: helloBody}, producer.MaxAttempts(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insp := asynq.NewInspector(env.Opt)
+	defer insp.Close()
+	for _, id := range []string{"a1", "a2"} {
+		if err := insp.ArchiveTask(env.Queue, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.Result(ctx, "a1"); !errors.Is(err, producer.ErrNotFound) || errors.Is(err, producer.ErrPending) || !strings.Contains(err.Error(), "archived") {
+		t.Fatalf("Result of an archived task without a result = %v, want ErrNotFound naming the archived state", err)
+	}
+	if _, err := p.Wait(ctx, "a1"); !errors.Is(err, producer.ErrNotFound) || ctx.Err() != nil {
+		t.Fatalf("Wait of an archived task without a result = %v, want ErrNotFound at once", err)
+	}
+	if _, err := p.Store().Save(ctx, &jobs.Result{JobID: "a2", Status: jobs.StatusFailed, Error: &jobs.ErrorInfo{Outcome: "dead_letter", Status: 400, Message: "bad"}, CompletedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := p.Result(ctx, "a2")
+	if err != nil || r.Status != jobs.StatusFailed {
+		t.Fatalf("Result of an archived task with its failure record = %+v, %v; want the failed result", r, err)
 	}
 }
 
