@@ -381,3 +381,43 @@ func TestLate401DoesNotHoldTheNewKey(t *testing.T) {
 		t.Errorf("a hold stands against the new key: %+v", st)
 	}
 }
+
+// A job whose id already has a stored success is never paid again: the
+// gate finds the result before any call, whether the task is a redelivery
+// (a worker died between storing and telling asynq) or the same explicit
+// id enqueued again once asynq's retention deleted the first task. The
+// stored result stands and the task completes.
+func TestStoredSuccessIsNeverPaidAgain(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fakeupstream.Config{})
+	h.startWorker(workerOpts{})
+	ctx := context.Background()
+	h.enqueue("first")
+	first := h.result("first")
+	h.waitState("first", asynq.TaskStateCompleted)
+	if n := h.fake.Stats().Requests; n != 1 {
+		t.Fatalf("upstream saw %d requests for the first run, want 1", n)
+	}
+	// Retention over: asynq deletes the completed task; the result lives on.
+	insp := asynq.NewInspector(h.env.Opt)
+	defer insp.Close()
+	if err := insp.DeleteTask(h.env.Queue, "first"); err != nil {
+		t.Fatal(err)
+	}
+	h.enqueue("first")
+	// A redelivery: the result was stored, the task was not yet completed.
+	if _, err := h.prod.Store().Save(ctx, &jobs.Result{JobID: "redelivered", Status: jobs.StatusSucceeded,
+		Response: json.RawMessage(`{"choices":[]}`), CompletedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	h.enqueue("redelivered")
+	for _, id := range []string{"first", "redelivered"} {
+		h.waitState(id, asynq.TaskStateCompleted)
+	}
+	if n := h.fake.Stats().Requests; n != 1 {
+		t.Errorf("upstream saw %d requests in all, want 1: a stored success was paid again", n)
+	}
+	if r := h.result("first"); r.CompletedAt != first.CompletedAt || r.RequestID != first.RequestID {
+		t.Errorf("the first run's result was replaced: %+v, want %+v", r, first)
+	}
+}
