@@ -152,6 +152,12 @@ type Permit struct {
 	// RetryAt, when Allowed is false, is when to ask again: the end of the
 	// open interval, or of the probe's lease while a probe is in flight.
 	RetryAt time.Time
+	// Started is when the call began; its caller sets it before Record
+	// (zero: unknown). A failed call that began before this process last
+	// saw the model answer is counted in the window but not as one more
+	// failure in a row: the upstream answered while it ran, so it is not
+	// evidence of an outage (a hang timing out while others succeed).
+	Started time.Time
 	token   string
 }
 
@@ -224,6 +230,9 @@ type Breaker struct {
 	// buckets holds, per model, the last bucket this process counted a
 	// call in: the first call of each bucket runs prune.lua.
 	buckets sync.Map // model -> *atomic.Int64
+	// answers holds, per model, when this process last recorded a success
+	// (unix ms): see Permit.Started.
+	answers sync.Map // model -> *atomic.Int64
 }
 
 // New returns a Breaker on rdb. It checks cfg, naming any invalid field; it
@@ -321,13 +330,16 @@ const (
 func (b *Breaker) windowKey(model string) string { return b.Key(model) + windowSuffix }
 
 // streak returns this process's view of model's failures in a row.
-func (b *Breaker) streak(model string) *atomic.Int64 {
-	if v, ok := b.streaks.Load(model); ok {
+// loadInt64 returns m's counter for model, adding it at 0.
+func loadInt64(m *sync.Map, model string) *atomic.Int64 {
+	if v, ok := m.Load(model); ok {
 		return v.(*atomic.Int64)
 	}
-	v, _ := b.streaks.LoadOrStore(model, new(atomic.Int64))
+	v, _ := m.LoadOrStore(model, new(atomic.Int64))
 	return v.(*atomic.Int64)
 }
+
+func (b *Breaker) streak(model string) *atomic.Int64 { return loadInt64(&b.streaks, model) }
 
 // ttl is how long idle keys live: long enough that no state they hold can
 // still matter.
@@ -395,14 +407,27 @@ func (b *Breaker) Record(ctx context.Context, p Permit, o Outcome) error {
 	if !p.Allowed {
 		return nil
 	}
+	now := b.cfg.Now()
+	answered := loadInt64(&b.answers, p.Model)
+	if o == Success {
+		for t := now.UnixMilli(); ; {
+			last := answered.Load()
+			if last >= t || answered.CompareAndSwap(last, t) {
+				break
+			}
+		}
+	}
 	streak := b.streak(p.Model)
 	if !p.Probe && (o == Abandon || (o == Success && streak.Load() == 0)) {
 		return nil
 	}
-	now := b.cfg.Now()
+	stale := "0"
+	if !p.Probe && !p.Started.IsZero() && answered.Load() > p.Started.UnixMilli() {
+		stale = "1"
+	}
 	res, err := b.record.Run(ctx, b.rdb, []string{b.Key(p.Model), b.windowKey(p.Model)},
 		now.UnixMilli(), string(o), p.token, b.cfg.Failures, b.cfg.FailureRate, b.cfg.MinCalls,
-		b.cfg.Open.Milliseconds(), b.ttl(), b.width.Milliseconds(), b.nb, b.ahead).Slice()
+		b.cfg.Open.Milliseconds(), b.ttl(), b.width.Milliseconds(), b.nb, b.ahead, stale).Slice()
 	if err != nil {
 		return fmt.Errorf("breaker: record %s for %q: %w", o, p.Model, err)
 	}

@@ -262,6 +262,51 @@ func TestSuccessInEndsAnotherProcesssStreak(t *testing.T) {
 	}
 }
 
+// A failed call that began before its process last saw the model answer
+// (a hang timing out while other calls succeed) counts in the window but
+// not as one more in a row: five such failures leave the breaker closed.
+// Five failed calls that began after the last answer open it, as in an
+// outage; so do failures whose start is unknown (Permit.Started zero).
+func TestFailuresOfCallsOlderThanAnAnswerAreNoStreak(t *testing.T) {
+	env := llmqtest.Redis(t)
+	clk := newClock()
+	b := newBreaker(t, env, clk, nil)
+	const m = "m"
+	for i := range 5 {
+		hung := allow(t, b, m)
+		hung.Started = clk.Now()
+		clk.Advance(100 * time.Millisecond)
+		record(t, b, allow(t, b, m), breaker.Success) // another call answered meanwhile
+		clk.Advance(900 * time.Millisecond)
+		record(t, b, hung, breaker.Failure)
+		if st := status(t, b, m); st.State != breaker.Closed || st.Streak != 0 || st.Failures != int64(i+1) {
+			t.Fatalf("failure %d of a call older than an answer: %+v, want closed, 0 in a row, %d failures in the window", i+1, st, i+1)
+		}
+	}
+	for i := range 5 {
+		p := allow(t, b, m)
+		if !p.Allowed {
+			t.Fatalf("call %d refused before the breaker should open: %+v", i+1, p)
+		}
+		p.Started = clk.Now()
+		clk.Advance(10 * time.Millisecond)
+		record(t, b, p, breaker.Failure)
+	}
+	if st := status(t, b, m); st.State != breaker.Open {
+		t.Fatalf("5 failed calls begun after the last answer: %+v, want open", st)
+	}
+	// Unknown start: counted in a row, as before.
+	const m2 = "m2"
+	record(t, b, allow(t, b, m2), breaker.Success)
+	clk.Advance(time.Second)
+	for range 5 {
+		fail(t, b, m2)
+	}
+	if st := status(t, b, m2); st.State != breaker.Open {
+		t.Fatalf("5 failures without a start time: %+v, want open", st)
+	}
+}
+
 // What the worker records as Success (4xx of the job, 429, any answer) and
 // calls refused by the breaker never count; failures arriving while open do
 // not extend the open interval.

@@ -13,6 +13,9 @@
 -- ARGV[9]  bucket width (ms)
 -- ARGV[10] buckets in the window
 -- ARGV[11] buckets ahead of now still counted (see prune.lua)
+-- ARGV[12] '1' when the failed call began before this process last saw
+--          the model answer: counted in the window, not as one more
+--          failure in a row (a hang timing out while calls succeed)
 --
 -- Returns {from, to, streak, calls, failures}: the transition this call
 -- made ('' '' for none), the consecutive failures, and the calls and
@@ -49,7 +52,10 @@ if not state or state == 'closed' then
   -- The call was counted when it was allowed, maybe in an earlier bucket.
   redis.call('HINCRBY', KEYS[2], 'f' .. string.format('%d', bucket), 1)
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
-  local streak = redis.call('HINCRBY', KEYS[1], 'streak', 1)
+  local streak = tonumber(h[3]) or 0
+  if ARGV[12] ~= '1' then
+    streak = redis.call('HINCRBY', KEYS[1], 'streak', 1)
+  end
   if not state then
     redis.call('HSET', KEYS[1], 'state', 'closed')
   end

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"time"
 
 	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/jobs"
@@ -23,9 +24,10 @@ import (
 
 // tierCall is one upstream call of a tier and its classification.
 type tierCall struct {
-	resp *upstream.Response
-	err  error
-	pv   policy.Verdict
+	resp    *upstream.Response
+	err     error
+	pv      policy.Verdict
+	started time.Time // when the call began (breaker.Permit.Started)
 }
 
 // walk tries the job's model tiers in order and returns the run's verdict.
@@ -110,6 +112,7 @@ func (w *Worker) callTier(ctx context.Context, a *attempt, i int, model string, 
 		return tierCall{}, v
 	}
 	call := w.call(ctx, a, model, i, body)
+	permit.Started = call.started
 	w.settle(ctx, a, permit, call.pv)
 	w.reconcile(ctx, grant, call)
 	if permit.Probe && call.pv.Breaker && w.freeProbe(ctx, a) {
@@ -173,7 +176,7 @@ func (w *Worker) call(ctx context.Context, a *attempt, model string, tier int, b
 	start := w.now()
 	resp, err := w.cfg.Upstream.Chat(cctx, body)
 	latency := w.now().Sub(start)
-	c := tierCall{resp: resp, err: err, pv: w.policy.Classify(resp, err)}
+	c := tierCall{resp: resp, err: err, pv: w.policy.Classify(resp, err), started: start}
 	status, requestID := 0, ""
 	var ue *upstream.Error
 	switch {
