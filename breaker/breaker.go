@@ -152,11 +152,15 @@ type Permit struct {
 	// RetryAt, when Allowed is false, is when to ask again: the end of the
 	// open interval, or of the probe's lease while a probe is in flight.
 	RetryAt time.Time
-	// Started is when the call began; its caller sets it before Record
-	// (zero: unknown). A failed call that began before this process last
-	// saw the model answer is counted in the window but not as one more
-	// failure in a row: the upstream answered while it ran, so it is not
-	// evidence of an outage (a hang timing out while others succeed).
+	// Started is when a failed call began, set by the caller before Record
+	// for a failure that may be one slow call's rather than the model's: a
+	// timeout (zero: every failure counts in a row). Such a failure counts
+	// in the window but not as one more failure in a row when this process
+	// saw the model answer after the call began and within the last window
+	// bucket: calls that hang and time out together while others succeed
+	// are noise. Fast failures always count, so an outage still opens the
+	// breaker within Failures failed calls, and a model that stops
+	// answering stops excusing timeouts a bucket later.
 	Started time.Time
 	token   string
 }
@@ -230,9 +234,43 @@ type Breaker struct {
 	// buckets holds, per model, the last bucket this process counted a
 	// call in: the first call of each bucket runs prune.lua.
 	buckets sync.Map // model -> *atomic.Int64
-	// answers holds, per model, when this process last recorded a success
-	// (unix ms): see Permit.Started.
-	answers sync.Map // model -> *atomic.Int64
+	// answers holds, per model, when this process last recorded a success:
+	// see Permit.Started.
+	answers sync.Map // model -> *lastAnswer
+}
+
+// lastAnswer is when a model last answered this process. A time.Time, not
+// a number, so that comparisons use the monotonic clock (a wall clock
+// stepped back by NTP excuses nothing).
+type lastAnswer struct {
+	mu sync.Mutex
+	at time.Time
+}
+
+// answered returns model's lastAnswer, adding it.
+func (b *Breaker) answered(model string) *lastAnswer {
+	if v, ok := b.answers.Load(model); ok {
+		return v.(*lastAnswer)
+	}
+	v, _ := b.answers.LoadOrStore(model, new(lastAnswer))
+	return v.(*lastAnswer)
+}
+
+// note records an answer at now.
+func (l *lastAnswer) note(now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.After(l.at) {
+		l.at = now
+	}
+}
+
+// excuses reports whether a failed call that began at started came before
+// an answer that is at most within old at now (see Permit.Started).
+func (l *lastAnswer) excuses(started, now time.Time, within time.Duration) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !started.IsZero() && l.at.After(started) && now.Sub(l.at) <= within
 }
 
 // New returns a Breaker on rdb. It checks cfg, naming any invalid field; it
@@ -329,7 +367,6 @@ const (
 
 func (b *Breaker) windowKey(model string) string { return b.Key(model) + windowSuffix }
 
-// streak returns this process's view of model's failures in a row.
 // loadInt64 returns m's counter for model, adding it at 0.
 func loadInt64(m *sync.Map, model string) *atomic.Int64 {
 	if v, ok := m.Load(model); ok {
@@ -339,6 +376,7 @@ func loadInt64(m *sync.Map, model string) *atomic.Int64 {
 	return v.(*atomic.Int64)
 }
 
+// streak returns this process's view of model's failures in a row.
 func (b *Breaker) streak(model string) *atomic.Int64 { return loadInt64(&b.streaks, model) }
 
 // ttl is how long idle keys live: long enough that no state they hold can
@@ -408,26 +446,20 @@ func (b *Breaker) Record(ctx context.Context, p Permit, o Outcome) error {
 		return nil
 	}
 	now := b.cfg.Now()
-	answered := loadInt64(&b.answers, p.Model)
 	if o == Success {
-		for t := now.UnixMilli(); ; {
-			last := answered.Load()
-			if last >= t || answered.CompareAndSwap(last, t) {
-				break
-			}
-		}
+		b.answered(p.Model).note(now)
 	}
 	streak := b.streak(p.Model)
 	if !p.Probe && (o == Abandon || (o == Success && streak.Load() == 0)) {
 		return nil
 	}
-	stale := "0"
-	if !p.Probe && !p.Started.IsZero() && answered.Load() > p.Started.UnixMilli() {
-		stale = "1"
+	excused := "0"
+	if o == Failure && !p.Probe && b.answered(p.Model).excuses(p.Started, now, b.width) {
+		excused = "1"
 	}
 	res, err := b.record.Run(ctx, b.rdb, []string{b.Key(p.Model), b.windowKey(p.Model)},
 		now.UnixMilli(), string(o), p.token, b.cfg.Failures, b.cfg.FailureRate, b.cfg.MinCalls,
-		b.cfg.Open.Milliseconds(), b.ttl(), b.width.Milliseconds(), b.nb, b.ahead, stale).Slice()
+		b.cfg.Open.Milliseconds(), b.ttl(), b.width.Milliseconds(), b.nb, b.ahead, excused).Slice()
 	if err != nil {
 		return fmt.Errorf("breaker: record %s for %q: %w", o, p.Model, err)
 	}

@@ -262,12 +262,14 @@ func TestSuccessInEndsAnotherProcesssStreak(t *testing.T) {
 	}
 }
 
-// A failed call that began before its process last saw the model answer
-// (a hang timing out while other calls succeed) counts in the window but
-// not as one more in a row: five such failures leave the breaker closed.
-// Five failed calls that began after the last answer open it, as in an
-// outage; so do failures whose start is unknown (Permit.Started zero).
-func TestFailuresOfCallsOlderThanAnAnswerAreNoStreak(t *testing.T) {
+// A timed-out call that began before its process last saw the model
+// answer, within the last bucket (a hang timing out while other calls
+// succeed), counts in the window but not as one more in a row: five such
+// failures leave the breaker closed. Once the model has not answered for a
+// bucket, timeouts count again (a model that hangs for everyone), and
+// failures without a start (fast ones: the worker sets Started for
+// timeouts only) always count.
+func TestTimeoutsOfCallsOlderThanAnAnswerAreNoStreak(t *testing.T) {
 	env := llmqtest.Redis(t)
 	clk := newClock()
 	b := newBreaker(t, env, clk, nil)
@@ -280,30 +282,33 @@ func TestFailuresOfCallsOlderThanAnAnswerAreNoStreak(t *testing.T) {
 		clk.Advance(900 * time.Millisecond)
 		record(t, b, hung, breaker.Failure)
 		if st := status(t, b, m); st.State != breaker.Closed || st.Streak != 0 || st.Failures != int64(i+1) {
-			t.Fatalf("failure %d of a call older than an answer: %+v, want closed, 0 in a row, %d failures in the window", i+1, st, i+1)
+			t.Fatalf("timeout %d of a call older than an answer: %+v, want closed, 0 in a row, %d failures in the window", i+1, st, i+1)
 		}
 	}
-	for i := range 5 {
+	// The model stops answering: the calls begun before its last answer
+	// time out more than a bucket after it, and count.
+	var hung []breaker.Permit
+	for range 5 {
 		p := allow(t, b, m)
-		if !p.Allowed {
-			t.Fatalf("call %d refused before the breaker should open: %+v", i+1, p)
-		}
 		p.Started = clk.Now()
-		clk.Advance(10 * time.Millisecond)
+		hung = append(hung, p)
+	}
+	record(t, b, allow(t, b, m), breaker.Success)
+	clk.Advance(1001 * time.Millisecond)
+	for _, p := range hung {
 		record(t, b, p, breaker.Failure)
 	}
 	if st := status(t, b, m); st.State != breaker.Open {
-		t.Fatalf("5 failed calls begun after the last answer: %+v, want open", st)
+		t.Fatalf("5 timeouts more than a bucket after the last answer: %+v, want open", st)
 	}
-	// Unknown start: counted in a row, as before.
+	// Fast failures (no start) count in a row right after an answer.
 	const m2 = "m2"
 	record(t, b, allow(t, b, m2), breaker.Success)
-	clk.Advance(time.Second)
 	for range 5 {
 		fail(t, b, m2)
 	}
 	if st := status(t, b, m2); st.State != breaker.Open {
-		t.Fatalf("5 failures without a start time: %+v, want open", st)
+		t.Fatalf("5 failures without a start time just after an answer: %+v, want open", st)
 	}
 }
 

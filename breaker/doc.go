@@ -15,7 +15,12 @@
 //
 //   - Failures in a row (default 5): failures with no success between
 //     them, fleet-wide. A full outage opens it within 5 failed calls at any
-//     traffic, from one call an hour to thousands a minute.
+//     traffic, from one call an hour to thousands a minute. One exception:
+//     a timeout of a call that began before the model answered the same
+//     process, within the last window bucket (Permit.Started), is not
+//     counted in a row — hung calls timing out together while other calls
+//     succeed opened the breaker in the chaos drill; a model that stops
+//     answering stops excusing them a bucket (1 s) later.
 //   - Failure rate (default 50 % of the calls in a rolling 60 s window, once
 //     it holds at least 20): failsafe-go's WithFailureRateThreshold(50, 20,
 //     time.Minute). It catches an upstream failing often but not in a row.

@@ -13,9 +13,10 @@
 -- ARGV[9]  bucket width (ms)
 -- ARGV[10] buckets in the window
 -- ARGV[11] buckets ahead of now still counted (see prune.lua)
--- ARGV[12] '1' when the failed call began before this process last saw
---          the model answer: counted in the window, not as one more
---          failure in a row (a hang timing out while calls succeed)
+-- ARGV[12] '1' when the failure is excused from the failures in a row (a
+--          timeout of a call that began before the model answered this
+--          process, within the last bucket: see Permit.Started); it still
+--          counts in the window
 --
 -- Returns {from, to, streak, calls, failures}: the transition this call
 -- made ('' '' for none), the consecutive failures, and the calls and

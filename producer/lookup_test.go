@@ -142,8 +142,9 @@ func TestWaitEndsOnACompletedTaskWithoutResult(t *testing.T) {
 
 // A job whose task asynq archived (its handler failed for good) is not
 // pending: without a stored result Result and Wait say ErrNotFound naming
-// the state at once; with the dead letter's failure record, they return it
-// as a failed job.
+// the state at once. (With a failure record stored — the worker's dead
+// letters — Result and Wait return it, as for any stored result, whatever
+// the task's state.)
 func TestArchivedTaskIsNotPending(t *testing.T) {
 	env := llmqtest.Redis(t)
 	p := newProducer(t, env)
@@ -173,6 +174,9 @@ func TestArchivedTaskIsNotPending(t *testing.T) {
 	r, err := p.Result(ctx, "a2")
 	if err != nil || r.Status != jobs.StatusFailed {
 		t.Fatalf("Result of an archived task with its failure record = %+v, %v; want the failed result", r, err)
+	}
+	if r, err := p.Wait(ctx, "a2"); err != nil || r.Status != jobs.StatusFailed {
+		t.Fatalf("Wait of an archived task with its failure record = %+v, %v; want the failed result", r, err)
 	}
 }
 

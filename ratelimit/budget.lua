@@ -12,8 +12,11 @@
 --                 waits for, and when the claim expires (ms)
 --   lr, lt        the provider's limits per minute (x-ratelimit-limit-*),
 --                 used when lower than the configured ones
---   kr, kt        the provider's bucket capacity as its headers prove it
---                 (max of remaining + the request's own charge), units
+--   kr, kp        the provider's bucket capacity as its headers prove it
+--                 (max of remaining + the request's own charge), units;
+--                 tokens in kp (kt in the script): the field was kt while
+--                 a token proof counted the calibrated charge, which could
+--                 overstate it, so a proof made then is not carried over
 --   nr, nt, ne    running sums of requests and tokens charged, and of the
 --                 tokens estimated before the calibration factor, units
 --   f             the calibration factor: provider tokens per estimated
@@ -51,7 +54,7 @@ local rburst, tburst = tonumber(ARGV[5]), tonumber(ARGV[6])
 local transit, window = tonumber(ARGV[7]), tonumber(ARGV[8])
 
 local h = redis.call('HMGET', key, 'r', 't', 'ts', 'cd', 'cq', 'cr', 'ct', 'ce',
-  'lr', 'lt', 'kr', 'kt', 'nr', 'nt', 'ne', 'f', 'or', 'ot', 'oe', 'sc', 'se', 'sn', 'sa', 'nz', 'oz')
+  'lr', 'lt', 'kr', 'kp', 'nr', 'nt', 'ne', 'f', 'or', 'ot', 'oe', 'sc', 'se', 'sn', 'sa', 'nz', 'oz')
 local ts = tonumber(h[3]) or now
 local elapsed = now - ts
 if elapsed < 0 then elapsed = 0 end
@@ -121,7 +124,7 @@ end
 
 local function store()
   redis.call('HSET', key, 'r', r, 't', t, 'ts', ts, 'cd', cd, 'cq', cq, 'cr', cr, 'ct', ct, 'ce', ce,
-    'lr', lr, 'lt', lt, 'kr', kr, 'kt', kt, 'nr', nr, 'nt', nt, 'ne', ne, 'f', f,
+    'lr', lr, 'lt', lt, 'kr', kr, 'kp', kt, 'nr', nr, 'nt', nt, 'ne', ne, 'f', f,
     'sc', sc, 'se', se, 'sn', sn, 'sa', sa, 'nz', nz)
   if o_r ~= nil then
     redis.call('HSET', key, 'or', o_r, 'ot', o_t, 'oe', o_e, 'oz', o_z)
@@ -201,9 +204,13 @@ elseif op == 'reconcile' then
   if st >= 0 then
     -- The provider charged this request by its own count, which the fleet
     -- knows only as an estimate: take the smaller of the estimate and its
-    -- calibrated charge, so that a factor learned too high never proves a
+    -- calibrated charge, so that a factor learned too high proves no
     -- larger bucket than the provider has (a larger kt would let readings
     -- of a capped bucket into the calibration and raise the factor more).
+    -- A provider counting less than the estimate while the factor stays
+    -- above its ratio (a downward correction is taken only in part, or
+    -- falls in the dead band) still overstates by (factor - ratio) x this
+    -- request's estimate, a few tokens, once per reading, never growing.
     local own = charged
     if raw > 0 and raw < own then own = raw end
     if refused then own = 0 end

@@ -248,3 +248,21 @@ func TestFalseFactorProvesNoLargerBucket(t *testing.T) {
 		t.Errorf("proven token capacity %d, want the provider's %d", tc, capacity)
 	}
 }
+
+// A token proof an older llmq stored (field kt, which could count the
+// calibrated charge and overstate the bucket) is not carried over: the
+// proof lives in kp now.
+func TestOlderTokenProofIsNotCarriedOver(t *testing.T) {
+	l, _ := newDefaultBurstTest(t, Budget{TPM: 60_000})
+	c := newClient()
+	defer c.Close()
+	mustReserve(t, l, Cost{0, 1})
+	before := usage(t, l).TokenCapacity
+	if err := c.HSet(ctx, l.Key(model), "kt", 50_000*60_000).Err(); err != nil {
+		t.Fatal(err)
+	}
+	mustReserve(t, l, Cost{0, 1})
+	if got := usage(t, l).TokenCapacity; got != before {
+		t.Fatalf("token capacity %d after an older proof of 50000 tokens, want %d (not carried over)", got, before)
+	}
+}

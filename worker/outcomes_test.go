@@ -383,10 +383,12 @@ func TestLate401DoesNotHoldTheNewKey(t *testing.T) {
 }
 
 // A job whose id already has a stored success is never paid again: the
-// gate finds the result before any call, whether the task is a redelivery
-// (a worker died between storing and telling asynq) or the same explicit
-// id enqueued again once asynq's retention deleted the first task. The
-// stored result stands and the task completes.
+// gate reads the result before any call, whatever the task's retry count —
+// for the same explicit id enqueued again once asynq's retention deleted
+// the first task, and for a task that finds its result already stored (a
+// redelivery's state: the worker died between storing and telling asynq;
+// the kill -9 drill makes real ones). The stored result stands and the
+// task completes.
 func TestStoredSuccessIsNeverPaidAgain(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, fakeupstream.Config{})
@@ -405,7 +407,7 @@ func TestStoredSuccessIsNeverPaidAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.enqueue("first")
-	// A redelivery: the result was stored, the task was not yet completed.
+	// As a redelivery finds it: the result stored, the task not completed.
 	if _, err := h.prod.Store().Save(ctx, &jobs.Result{JobID: "redelivered", Status: jobs.StatusSucceeded,
 		Response: json.RawMessage(`{"choices":[]}`), CompletedAt: time.Now()}); err != nil {
 		t.Fatal(err)

@@ -27,7 +27,18 @@ type tierCall struct {
 	resp    *upstream.Response
 	err     error
 	pv      policy.Verdict
-	started time.Time // when the call began (breaker.Permit.Started)
+	started time.Time // when the call began
+}
+
+// timedOutSince returns p with, when c timed out, when c began
+// (breaker.Permit.Started): the breaker does not count such a failure in a
+// row while the model answered other calls after it began. Any other
+// failure counts in a row.
+func timedOutSince(p breaker.Permit, c tierCall) breaker.Permit {
+	if c.pv.Class == policy.ClassTimeout {
+		p.Started = c.started
+	}
+	return p
 }
 
 // walk tries the job's model tiers in order and returns the run's verdict.
@@ -112,8 +123,7 @@ func (w *Worker) callTier(ctx context.Context, a *attempt, i int, model string, 
 		return tierCall{}, v
 	}
 	call := w.call(ctx, a, model, i, body)
-	permit.Started = call.started
-	w.settle(ctx, a, permit, call.pv)
+	w.settle(ctx, a, timedOutSince(permit, call), call.pv)
 	w.reconcile(ctx, grant, call)
 	if permit.Probe && call.pv.Breaker && w.freeProbe(ctx, a) {
 		// The probe failed and reopened the breaker: the outage, not the
