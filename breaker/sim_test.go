@@ -19,13 +19,19 @@ import (
 // traffic is a simulated fleet's load on one model: calls arrive at rate
 // per second, spread round-robin over processes (each a Breaker on its own
 // connection), each takes a latency drawn from [minLat, maxLat) and fails
-// with probability failP(t) (t: time since the start, at its answer). Time
-// is the manual clock: a simulated minute takes as long as its Redis calls.
+// with probability failP(t) (t: time since the start, at its answer). With
+// hangP, a call that arrives at t hangs with probability hangP(t) and
+// fails after timeout, recorded as the worker records a timeout (with
+// Permit.Started). Time is the manual clock: a simulated minute takes as
+// long as its Redis calls.
 type traffic struct {
 	rate           float64
 	processes      int
 	minLat, maxLat time.Duration
 	failP          func(t time.Duration) float64
+	hangP          func(t time.Duration) float64 // nil: no call hangs
+	timeout        time.Duration
+	hangsInARow    bool                  // hung calls carry no Permit.Started: counted in a row, as before it
 	cfg            func(*breaker.Config) // nil: defaults
 	outage         time.Duration         // failedBefore counts failures answered from here on
 }
@@ -44,6 +50,7 @@ type inflight struct {
 	done time.Duration
 	b    *breaker.Breaker
 	p    breaker.Permit
+	hung bool // it times out: a failure with p.Started set
 }
 
 type callHeap []inflight
@@ -117,7 +124,7 @@ func simulate(t testing.TB, env *llmqtest.Env, seed uint64, tr traffic, d time.D
 			c := heap.Pop(&fly).(inflight)
 			clk.Set(start.Add(c.done))
 			o := breaker.Success
-			if rng.Float64() < tr.failP(c.done) {
+			if c.hung || rng.Float64() < tr.failP(c.done) {
 				o = breaker.Failure
 				res.failures++
 				if res.firstOpen < 0 && c.done >= tr.outage {
@@ -141,7 +148,14 @@ func simulate(t testing.TB, env *llmqtest.Env, seed uint64, tr traffic, d time.D
 		if p.Allowed {
 			res.calls++
 			lat := tr.minLat + time.Duration(rng.Int64N(int64(tr.maxLat-tr.minLat)+1))
-			heap.Push(&fly, inflight{done: next + lat, b: b, p: p})
+			hung := tr.hangP != nil && rng.Float64() < tr.hangP(next)
+			if hung {
+				lat = tr.timeout
+				if !tr.hangsInARow {
+					p.Started = clk.Now()
+				}
+			}
+			heap.Push(&fly, inflight{done: next + lat, b: b, p: p, hung: hung})
 		}
 		n++
 		next = time.Duration(n) * interval
@@ -201,6 +215,48 @@ func TestOutageOpensWithinFailures(t *testing.T) {
 	}
 	t.Logf("full outage at 50/s: open after %d failed calls (%.2f s); one call per 30 s: after %d; 60 %% failing at 50/s: after %.2f s",
 		busy.failedBefore, (busy.firstOpen - time.Minute).Seconds(), quiet.failedBefore, (partial.firstOpen - time.Minute).Seconds())
+}
+
+// Calls that hang and time out together while the model answers others
+// (a 200 ms stall: every call arriving in it hangs until a 1 s timeout,
+// among 1 % hangs and 3 % fast failures) do not open the breaker: they
+// count in the window, not in a row. Counted in a row, as before
+// Permit.Started, the same traffic opens it. A model that hangs for
+// everyone (every call from the first minute on, 15 s timeouts) still
+// opens it at the 5th timeout: its last answer is long past by then.
+func TestHangsAmongAnswersNeverOpenAHangingModelDoes(t *testing.T) {
+	env := llmqtest.Redis(t)
+	stall := func(t time.Duration) float64 {
+		if t >= 30*time.Second && t < 30*time.Second+200*time.Millisecond {
+			return 1
+		}
+		return 0.01
+	}
+	noisy := traffic{rate: 50, processes: 4, minLat: 200 * time.Millisecond, maxLat: 3 * time.Second,
+		failP: constant(0.03), hangP: stall, timeout: time.Second}
+	r := simulate(t, env, 21, noisy, time.Minute)
+	if r.opens != 0 {
+		t.Errorf("a 200 ms stall among answers: %+v, want no opening", r)
+	}
+	// The same traffic with every timeout counted in a row.
+	before := noisy
+	before.hangsInARow = true
+	if b := simulate(t, env, 21, before, time.Minute); b.opens == 0 {
+		t.Errorf("the stall with timeouts counted in a row: %+v, want it to open (else this test shows nothing)", b)
+	}
+	hanging := simulate(t, env, 22, traffic{rate: 50, processes: 4, minLat: 200 * time.Millisecond, maxLat: 2 * time.Second,
+		failP: constant(0), timeout: 15 * time.Second, outage: 75 * time.Second,
+		hangP: func(t time.Duration) float64 {
+			if t >= time.Minute {
+				return 1
+			}
+			return 0
+		}}, 80*time.Second)
+	if hanging.firstOpen < 0 || hanging.failedBefore > breaker.DefaultFailures {
+		t.Errorf("a model hanging for everyone from 60 s, 15 s timeouts: %+v, want open within %d timeouts", hanging, breaker.DefaultFailures)
+	}
+	t.Logf("200 ms stall among answers: %d calls, %d failures, %d opens; hanging model: open %.2f s after the first timeouts, after %d of them",
+		r.calls, r.failures, r.opens, (hanging.firstOpen - 75*time.Second).Seconds(), hanging.failedBefore)
 }
 
 // A success costs no Redis command unless this process saw failures in a
