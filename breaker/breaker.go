@@ -248,13 +248,7 @@ type lastAnswer struct {
 }
 
 // answered returns model's lastAnswer, adding it.
-func (b *Breaker) answered(model string) *lastAnswer {
-	if v, ok := b.answers.Load(model); ok {
-		return v.(*lastAnswer)
-	}
-	v, _ := b.answers.LoadOrStore(model, new(lastAnswer))
-	return v.(*lastAnswer)
-}
+func (b *Breaker) answered(model string) *lastAnswer { return perModel[lastAnswer](&b.answers, model) }
 
 // note records an answer at now.
 func (l *lastAnswer) note(now time.Time) {
@@ -265,8 +259,9 @@ func (l *lastAnswer) note(now time.Time) {
 	}
 }
 
-// excuses reports whether a failed call that began at started came before
-// an answer that is at most within old at now (see Permit.Started).
+// excuses reports whether a failed call that began at started is excused
+// from the failures in a row: the model answered after it began, at most
+// within before now (see Permit.Started).
 func (l *lastAnswer) excuses(started, now time.Time, within time.Duration) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -367,17 +362,19 @@ const (
 
 func (b *Breaker) windowKey(model string) string { return b.Key(model) + windowSuffix }
 
-// loadInt64 returns m's counter for model, adding it at 0.
-func loadInt64(m *sync.Map, model string) *atomic.Int64 {
+// perModel returns m's *T for model, adding a zero T.
+func perModel[T any](m *sync.Map, model string) *T {
 	if v, ok := m.Load(model); ok {
-		return v.(*atomic.Int64)
+		return v.(*T)
 	}
-	v, _ := m.LoadOrStore(model, new(atomic.Int64))
-	return v.(*atomic.Int64)
+	v, _ := m.LoadOrStore(model, new(T))
+	return v.(*T)
 }
 
 // streak returns this process's view of model's failures in a row.
-func (b *Breaker) streak(model string) *atomic.Int64 { return loadInt64(&b.streaks, model) }
+func (b *Breaker) streak(model string) *atomic.Int64 {
+	return perModel[atomic.Int64](&b.streaks, model)
+}
 
 // ttl is how long idle keys live: long enough that no state they hold can
 // still matter.

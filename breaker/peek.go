@@ -3,6 +3,7 @@ package breaker
 import (
 	"context"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -61,7 +62,7 @@ func (b *Breaker) AllowIn(ctx context.Context, pipe redis.Pipeliner, model strin
 // call of model in since an earlier one: true once per bucket (per second
 // with the default window), when the caller runs prune.lua.
 func (b *Breaker) advance(model string, bucket int64) bool {
-	last := loadInt64(&b.buckets, model)
+	last := perModel[atomic.Int64](&b.buckets, model)
 	prev := last.Load()
 	return prev < bucket && last.CompareAndSwap(prev, bucket)
 }
