@@ -287,6 +287,8 @@ type callLog struct {
 	oks   map[string]int // 200 answers per job
 	// okTimes are the start and end of every 200 answer, in order of end.
 	okTimes [][2]time.Time
+	// spans are the arrival and end of every request, in order of end.
+	spans [][2]time.Time
 }
 
 func newCallLog() *callLog {
@@ -317,6 +319,7 @@ func (l *callLog) wrap(h http.Handler) http.Handler {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		l.calls[job]++
+		l.spans = append(l.spans, [2]time.Time{start, time.Now()})
 		if sw.Status == http.StatusOK {
 			l.oks[job]++
 			l.okTimes = append(l.okTimes, [2]time.Time{start, time.Now()})
@@ -377,6 +380,34 @@ func (l *callLog) firstOKStartedAfter(t time.Time) time.Time {
 		}
 	}
 	return time.Time{}
+}
+
+// peakInFlight returns the most requests the fake was answering at once
+// among those that arrived in [from, to).
+func (l *callLog) peakInFlight(from, to time.Time) int {
+	l.mu.Lock()
+	type edge struct {
+		at   time.Time
+		step int
+	}
+	var edges []edge
+	for _, s := range l.spans {
+		if !s[0].Before(from) && s[0].Before(to) {
+			edges = append(edges, edge{s[0], 1}, edge{s[1], -1})
+		}
+	}
+	l.mu.Unlock()
+	// At equal instants an end comes before an arrival: back to back is
+	// not at once.
+	sort.Slice(edges, func(i, j int) bool {
+		return edges[i].at.Before(edges[j].at) || edges[i].at.Equal(edges[j].at) && edges[i].step < edges[j].step
+	})
+	peak, n := 0, 0
+	for _, e := range edges {
+		n += e.step
+		peak = max(peak, n)
+	}
+	return peak
 }
 
 // requests returns the number of chat-completions requests recorded.
