@@ -75,12 +75,13 @@ type outageFigures struct {
 // with per-process breakers (config breaker.per_process: the same
 // algorithm, each process keeping its own state: the baseline), and reports
 // for each the upstream calls during the outage against the target
-// (consecutive failures that open the breaker + one probe per open
-// period + the calls the fake answered at once beyond one: those admitted
-// while the failure that opened the breaker was in flight), jobs lost and dead-lettered (both must be 0), attempts burned,
-// and the time from recovery to the first success, to full throughput (the
-// start of the first 500 ms window whose successes reach 90 % of the
-// pre-outage rate) and to the backlog drained.
+// (consecutive failures that open the breaker + one probe per open period
+// + the calls the fake answered at once beyond one: those admitted while
+// the failure that opened the breaker was in flight), jobs lost and
+// dead-lettered (both must be 0), attempts burned, and the time from
+// recovery to the first success, to full throughput (the start of the
+// first 500 ms window whose successes reach 90 % of the pre-outage rate)
+// and to the backlog drained.
 func Outage(ctx context.Context, o Options) (*Report, error) {
 	rep := &Report{Drill: "outage: breaker under a 503 outage", Size: o.Size}
 	p := outagePlanFor(o.Size)
