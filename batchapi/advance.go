@@ -196,9 +196,10 @@ func checkLine(j *jobs.Job) error {
 // fails the batch with every problem and its line, and nothing runs.
 // Enqueueing is idempotent: a server that dies mid-way leaves a batch the
 // next one enqueues again, skipping the jobs already there. A cancel
-// stops the submission within a progress report (a few hundred jobs):
-// the jobs registered are the batch, which goes cancelling
-// (cancelUnstarted).
+// stops the validation within cancelCheckLines lines (no job is
+// registered: the batch is cancelled at once), or the submission within a
+// progress report (a few hundred jobs): the jobs registered are the
+// batch, which goes cancelling (cancelUnstarted).
 func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	b := &rec.Batch
 	frec, err := s.st.file(ctx, rec.Tenant, b.InputFileID)
@@ -215,21 +216,35 @@ func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 		return err
 	}
 	problems := &problemList{}
-	// A cancel stops the submission: the producer reports progress every
-	// few hundred jobs, and each report reads the batch's cancel.
+	// A cancel stops the validation and the submission: the validation
+	// reads the batch's cancel every cancelCheckLines lines, the
+	// submission at each progress report (every few hundred jobs).
 	ectx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	progress := func(done, total int) {
-		if s.onProgress != nil {
-			s.onProgress(done, total)
-		}
+	readCancel := func() {
 		if at, err := s.cancelRequested(ectx, b.ID); err == nil && at != nil {
 			stop(errCancelRequested)
 		}
 	}
+	lines := 0
+	check := func(j *jobs.Job) error { // the validation calls it line by line, in order
+		if lines++; lines%cancelCheckLines == 0 {
+			if s.onValidating != nil {
+				s.onValidating(lines)
+			}
+			readCancel()
+		}
+		return checkLine(j)
+	}
+	progress := func(done, total int) {
+		if s.onProgress != nil {
+			s.onProgress(done, total)
+		}
+		readCancel()
+	}
 	rep, err := s.prod.EnqueueBatch(ectx, s.st.content(ectx, frec), producer.BatchID(b.ID),
 		producer.JobOptions(producer.Queue(rec.Queue)), producer.MaxJobs(s.cfg.MaxRequests), producer.Immutable(),
-		producer.CheckLine(checkLine), producer.OnProblem(problems.add), producer.Progress(progress))
+		producer.CheckLine(check), producer.OnProblem(problems.add), producer.Progress(progress))
 	var (
 		berr *producer.BatchError
 		cerr *producer.ConflictError

@@ -24,12 +24,10 @@ import (
 
 const cancelTestKey = "sk-cancel-test-key-0123456789"
 
-// A cancel that comes while a batch's jobs are being enqueued stops the
-// enqueue (no more jobs are queued), and the batch ends cancelled with
-// every request in the error file as batch_cancelled under its custom_id;
-// nothing is left queued. The cancel is sent through the SDK from the
-// enqueue's first progress report, so it always comes mid-enqueue.
-func TestCancelStopsTheEnqueue(t *testing.T) {
+// cancelTest starts a Service for tenant alice behind an HTTP server and
+// returns it, an SDK client of it and alice's queue, removed at the end.
+func cancelTest(t *testing.T) (*llmqtest.Env, *Service, openai.Client, string) {
+	t.Helper()
 	env := llmqtest.Redis(t)
 	s, err := New(Config{Redis: env.Client, RedisOpt: env.Opt, Prefix: env.Prefix, Queue: env.Queue,
 		Clients: []Client{{Name: "alice", Key: cancelTestKey}}, Log: zerolog.Nop()})
@@ -48,6 +46,91 @@ func TestCancelStopsTheEnqueue(t *testing.T) {
 		env.Client.SRem(ctx, "asynq:queues", q)
 	})
 	c := openai.NewClient(option.WithBaseURL(srv.URL+"/v1/"), option.WithAPIKey(cancelTestKey), option.WithMaxRetries(0))
+	return env, s, c, q
+}
+
+// chatLines returns n batch input lines req-0 ... req-(n-1).
+func chatLines(n int) string {
+	var in strings.Builder
+	for i := range n {
+		fmt.Fprintf(&in, `{"custom_id":"req-%d","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"p %d"}]}}`+"\n", i, i)
+	}
+	return in.String()
+}
+
+// A cancel that comes while a batch's input is being validated stops the
+// validation: nothing is registered or queued, and the batch is cancelled
+// with no requests. The cancel is sent through the SDK from the
+// validation's first cancel check, so it always comes mid-validation
+// (before, the validation read the whole file and the submission began).
+func TestCancelStopsTheValidation(t *testing.T) {
+	env, s, c, q := cancelTest(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	const n = 5 * cancelCheckLines
+	var (
+		batchID   = make(chan string, 1)
+		once      sync.Once
+		cancelErr error
+		validated atomic.Int64
+		submitted atomic.Int64
+	)
+	s.onValidating = func(lines int) {
+		validated.Store(int64(lines))
+		once.Do(func() {
+			select {
+			case id := <-batchID:
+				_, cancelErr = c.Batches.Cancel(ctx, id)
+			case <-ctx.Done():
+				cancelErr = ctx.Err()
+			}
+		})
+	}
+	s.onProgress = func(done, _ int) { submitted.Store(int64(done)) }
+	f, err := c.Files.New(ctx, openai.FileNewParams{File: openai.File(strings.NewReader(chatLines(n)), "in.jsonl", "application/jsonl"), Purpose: openai.FilePurposeBatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Batches.New(ctx, openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions, CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batchID <- b.ID
+	for b.Status != openai.BatchStatusCancelled {
+		if ctx.Err() != nil {
+			t.Fatalf("batch %s still %s", b.ID, b.Status)
+		}
+		time.Sleep(20 * time.Millisecond) // polls the API as a client does; the deadline above bounds it
+		if b, err = c.Batches.Get(ctx, b.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	once.Do(func() {})
+	if cancelErr != nil {
+		t.Fatalf("cancel: %v", cancelErr)
+	}
+	if got := validated.Load(); got != cancelCheckLines {
+		t.Errorf("the validation went on to line %d after the cancel; want it stopped at the check of line %d", got, cancelCheckLines)
+	}
+	if got := submitted.Load(); got != 0 {
+		t.Fatalf("%d jobs submitted after a cancel during the validation", got)
+	}
+	if rc := b.RequestCounts; rc.Total != 0 || rc.Failed != 0 || rc.Completed != 0 {
+		t.Errorf("request counts %+v, want none: no request was registered", rc)
+	}
+	if n, err := env.Client.Exists(ctx, "asynq:{"+q+"}:pending").Result(); err != nil || n != 0 {
+		t.Fatalf("the cancelled batch's queue has a pending list (%v)", err)
+	}
+}
+
+// A cancel that comes while a batch's jobs are being enqueued stops the
+// enqueue (no more jobs are queued), and the batch ends cancelled with
+// every request in the error file as batch_cancelled under its custom_id;
+// nothing is left queued. The cancel is sent through the SDK from the
+// enqueue's first progress report, so it always comes mid-enqueue.
+func TestCancelStopsTheEnqueue(t *testing.T) {
+	env, s, c, q := cancelTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -74,11 +157,7 @@ func TestCancelStopsTheEnqueue(t *testing.T) {
 			}
 		})
 	}
-	var in strings.Builder
-	for i := range n {
-		fmt.Fprintf(&in, `{"custom_id":"req-%d","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"p %d"}]}}`+"\n", i, i)
-	}
-	f, err := c.Files.New(ctx, openai.FileNewParams{File: openai.File(strings.NewReader(in.String()), "in.jsonl", "application/jsonl"), Purpose: openai.FilePurposeBatch})
+	f, err := c.Files.New(ctx, openai.FileNewParams{File: openai.File(strings.NewReader(chatLines(n)), "in.jsonl", "application/jsonl"), Purpose: openai.FilePurposeBatch})
 	if err != nil {
 		t.Fatal(err)
 	}

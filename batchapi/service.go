@@ -48,6 +48,10 @@ const (
 	// lazyWait is how long a GET waits for the batch to advance before it
 	// answers with what is stored.
 	lazyWait = 250 * time.Millisecond
+	// cancelCheckLines is how often a batch's validation reads its cancel:
+	// every this many input lines (a few milliseconds of validating; the
+	// submission reads it at each progress report).
+	cancelCheckLines = 1000
 )
 
 // Config configures a Service. Redis, RedisOpt, Prefix, Queue and Clients
@@ -101,6 +105,9 @@ type Service struct {
 	// onProgress, when set (by tests), hears each progress report of a
 	// batch's enqueue before the report reads the batch's cancel.
 	onProgress func(done, total int)
+	// onValidating, when set (by tests), hears the lines a batch's
+	// validation has read each time, before it reads the batch's cancel.
+	onValidating func(lines int)
 }
 
 // New checks cfg and returns a Service. It fails with ErrNoClients when no
