@@ -58,6 +58,62 @@ func chatLines(n int) string {
 	return in.String()
 }
 
+// midCancel cancels a batch through the SDK from inside one of the
+// Service's hooks, so the cancel always comes mid-way through the step the
+// hook reports.
+type midCancel struct {
+	ctx     context.Context
+	c       openai.Client
+	batchID chan string
+	once    sync.Once
+	err     error
+}
+
+func newMidCancel(ctx context.Context, c openai.Client) *midCancel {
+	return &midCancel{ctx: ctx, c: c, batchID: make(chan string, 1)}
+}
+
+// send cancels the batch, the first time only; a hook calls it.
+func (m *midCancel) send() {
+	m.once.Do(func() {
+		select {
+		case id := <-m.batchID:
+			_, m.err = m.c.Batches.Cancel(m.ctx, id)
+		case <-m.ctx.Done():
+			m.err = m.ctx.Err()
+		}
+	})
+}
+
+// run uploads n requests, creates their batch and returns it once
+// cancelled.
+func (m *midCancel) run(t *testing.T, n int) *openai.Batch {
+	t.Helper()
+	f, err := m.c.Files.New(m.ctx, openai.FileNewParams{File: openai.File(strings.NewReader(chatLines(n)), "in.jsonl", "application/jsonl"), Purpose: openai.FilePurposeBatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.c.Batches.New(m.ctx, openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions, CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.batchID <- b.ID
+	for b.Status != openai.BatchStatusCancelled {
+		if m.ctx.Err() != nil {
+			t.Fatalf("batch %s still %s", b.ID, b.Status)
+		}
+		time.Sleep(20 * time.Millisecond) // polls the API as a client does; the deadline of ctx bounds it
+		if b, err = m.c.Batches.Get(m.ctx, b.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.once.Do(func() {}) // no cancel after this
+	if m.err != nil {
+		t.Fatalf("cancel: %v", m.err)
+	}
+	return b
+}
+
 // A cancel that comes while a batch's input is being validated stops the
 // validation: nothing is registered or queued, and the batch is cancelled
 // with no requests. The cancel is sent through the SDK from the
@@ -69,47 +125,14 @@ func TestCancelStopsTheValidation(t *testing.T) {
 	defer cancel()
 
 	const n = 5 * cancelCheckLines
-	var (
-		batchID   = make(chan string, 1)
-		once      sync.Once
-		cancelErr error
-		validated atomic.Int64
-		submitted atomic.Int64
-	)
+	m := newMidCancel(ctx, c)
+	var validated, submitted atomic.Int64
 	s.onValidating = func(lines int) {
 		validated.Store(int64(lines))
-		once.Do(func() {
-			select {
-			case id := <-batchID:
-				_, cancelErr = c.Batches.Cancel(ctx, id)
-			case <-ctx.Done():
-				cancelErr = ctx.Err()
-			}
-		})
+		m.send()
 	}
 	s.onProgress = func(done, _ int) { submitted.Store(int64(done)) }
-	f, err := c.Files.New(ctx, openai.FileNewParams{File: openai.File(strings.NewReader(chatLines(n)), "in.jsonl", "application/jsonl"), Purpose: openai.FilePurposeBatch})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := c.Batches.New(ctx, openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions, CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batchID <- b.ID
-	for b.Status != openai.BatchStatusCancelled {
-		if ctx.Err() != nil {
-			t.Fatalf("batch %s still %s", b.ID, b.Status)
-		}
-		time.Sleep(20 * time.Millisecond) // polls the API as a client does; the deadline above bounds it
-		if b, err = c.Batches.Get(ctx, b.ID); err != nil {
-			t.Fatal(err)
-		}
-	}
-	once.Do(func() {})
-	if cancelErr != nil {
-		t.Fatalf("cancel: %v", cancelErr)
-	}
+	b := m.run(t, n)
 	if got := validated.Load(); got != cancelCheckLines {
 		t.Errorf("the validation went on to line %d after the cancel; want it stopped at the check of line %d", got, cancelCheckLines)
 	}
@@ -135,50 +158,18 @@ func TestCancelStopsTheEnqueue(t *testing.T) {
 	defer cancel()
 
 	const n = 3000 // a dozen progress reports
-	var (
-		batchID   = make(chan string, 1)
-		once      sync.Once
-		cancelErr error
-		maxDone   atomic.Int64
-	)
+	m := newMidCancel(ctx, c)
+	var maxDone atomic.Int64
 	s.onProgress = func(done, total int) {
 		for {
-			m := maxDone.Load()
-			if int64(done) <= m || maxDone.CompareAndSwap(m, int64(done)) {
+			old := maxDone.Load()
+			if int64(done) <= old || maxDone.CompareAndSwap(old, int64(done)) {
 				break
 			}
 		}
-		once.Do(func() {
-			select {
-			case id := <-batchID:
-				_, cancelErr = c.Batches.Cancel(ctx, id)
-			case <-ctx.Done():
-				cancelErr = ctx.Err()
-			}
-		})
+		m.send()
 	}
-	f, err := c.Files.New(ctx, openai.FileNewParams{File: openai.File(strings.NewReader(chatLines(n)), "in.jsonl", "application/jsonl"), Purpose: openai.FilePurposeBatch})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := c.Batches.New(ctx, openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions, CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batchID <- b.ID
-	for b.Status != openai.BatchStatusCancelled {
-		if ctx.Err() != nil {
-			t.Fatalf("batch %s still %s", b.ID, b.Status)
-		}
-		time.Sleep(20 * time.Millisecond) // polls the API as a client does; the deadline above bounds it
-		if b, err = c.Batches.Get(ctx, b.ID); err != nil {
-			t.Fatal(err)
-		}
-	}
-	once.Do(func() {})
-	if cancelErr != nil {
-		t.Fatalf("cancel: %v", cancelErr)
-	}
+	b := m.run(t, n)
 	if got := maxDone.Load(); got >= n {
 		t.Fatalf("all %d jobs were enqueued after the cancel: the enqueue did not stop", got)
 	}
