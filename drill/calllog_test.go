@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-func TestPeakInFlight(t *testing.T) {
+func TestCallLogSpans(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	l := newCallLog()
@@ -26,6 +26,9 @@ func TestPeakInFlight(t *testing.T) {
 	}
 	if got := l.peakInFlight(at(0), at(11)); got != 2 {
 		t.Errorf("peakInFlight of the first two = %d, want 2", got)
+	}
+	if got := l.arrivals(at(10), at(100)); got != 4 {
+		t.Errorf("arrivals = %d, want 4", got)
 	}
 	if got := l.peakInFlight(at(200), at(300)); got != 0 {
 		t.Errorf("peakInFlight of an empty range = %d, want 0", got)

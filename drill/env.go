@@ -410,6 +410,19 @@ func (l *callLog) peakInFlight(from, to time.Time) int {
 	return peak
 }
 
+// arrivals returns how many requests arrived in [from, to).
+func (l *callLog) arrivals(from, to time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, s := range l.spans {
+		if !s[0].Before(from) && s[0].Before(to) {
+			n++
+		}
+	}
+	return n
+}
+
 // requests returns the number of chat-completions requests recorded.
 func (l *callLog) requests() int {
 	l.mu.Lock()

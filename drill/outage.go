@@ -12,10 +12,14 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/llmq/llmq/breaker"
 	"github.com/llmq/llmq/config"
 	"github.com/llmq/llmq/fakeupstream"
 	"github.com/llmq/llmq/jobs"
 )
+
+// outageModel is the model of the outage drill's jobs.
+const outageModel = "gpt-4o-mini"
 
 // outagePlan is the outage drill's load and timings: DESIGN.md's breaker
 // timings compressed ten times (window 6 s, open 3 s; retry base 100 ms,
@@ -55,7 +59,9 @@ type outageFigures struct {
 	duplicates         int
 	stuck              int
 	callsDuring        int64 // upstream calls that arrived during the outage
-	inFlight           int   // the most of them the fake answered at once
+	tripped            bool  // the breaker's first opening was seen (shared mode)
+	afterTrip          int   // calls that arrived after it
+	inFlight           int   // the most calls the fake answered at once before it
 	opens, failedPr    int   // closed->open and half_open->open transitions (worker logs)
 	burnedTotal        int
 	burnedMax          int
@@ -103,18 +109,20 @@ func Outage(ctx context.Context, o Options) (*Report, error) {
 	sh := all[0]
 	// The breaker opens at the failure that completes its streak; calls
 	// admitted while that failure was in flight, before its record, go
-	// upstream too: at most one fewer than the calls in flight at once.
+	// upstream too: at most one fewer than the calls in flight at once
+	// before it opened. After it opened, only the probes.
 	concurrent := max(sh.inFlight-1, 0)
 	target := int64(sh.failures + sh.openPeriods + concurrent)
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d worker processes × concurrency %d, %.0f jobs/s, fake latency %s; breaker window %s, open %s; steady %s, outage (all 503) %s, steady %s\n",
 		p.workers, p.concurrency, p.rate, p.latency, p.window, p.open, p.warmup, p.outage, p.tail)
 	writeOutageTable(&b, all)
-	fmt.Fprintf(&b, "target: calls during outage <= %d failures + %d probes (one per %s open period in %s) + %d (calls in flight at once beyond one) = %d: shared %d (%s)",
+	fmt.Fprintf(&b, "target: calls during outage <= %d failures + %d probes (one per %s open period in %s) + %d (calls in flight at once before it opened, beyond one) = %d: shared %d (%s)",
 		sh.failures, sh.openPeriods, p.open, p.outage, concurrent, target, sh.callsDuring, verdict(sh.callsDuring <= target))
 	if len(all) > 1 {
 		fmt.Fprintf(&b, ", per-process %d", all[1].callsDuring)
 	}
+	fmt.Fprintf(&b, "\ntarget: calls after the shared breaker opened <= %d probes: %d (%s)", sh.openPeriods, sh.afterTrip, verdict(sh.tripped && sh.afterTrip <= sh.openPeriods))
 	fmt.Fprintf(&b, "\ntarget: recovery -> full throughput <= open + 1s = %s: shared %s (%s)",
 		secs(p.open+time.Second), secs(sh.fullThroughput), verdict(sh.fullThroughput >= 0 && sh.fullThroughput <= p.open+time.Second))
 	if len(all) > 1 && sh.callsDuring > 0 {
@@ -123,7 +131,9 @@ func Outage(ctx context.Context, o Options) (*Report, error) {
 			float64(pp.callsDuring)/float64(sh.callsDuring), float64(pp.burnedTotal)/math.Max(float64(sh.burnedTotal), 1))
 	}
 	rep.Notes = append(rep.Notes, strings.Split(b.String(), "\n")...)
+	rep.check(sh.tripped, "the shared breaker did not open during the outage")
 	rep.check(sh.callsDuring <= target+p.slack, "the shared breaker let %d calls through during the outage, target %d (+%d)", sh.callsDuring, target, p.slack)
+	rep.check(sh.afterTrip <= sh.openPeriods+int(p.slack), "%d calls reached the upstream after the shared breaker opened, target %d probes (+%d)", sh.afterTrip, sh.openPeriods, p.slack)
 	return rep, nil
 }
 
@@ -159,6 +169,17 @@ func outageRun(ctx context.Context, o Options, p outagePlan, perProcess bool) (o
 		samples  []sample
 		enqueued int
 	)
+	// The shared breaker's state, read as workers do: when it first opened
+	// (the opener's clock when it recorded the failure that tripped it;
+	// each opening lasts p.open, far longer than a sample).
+	var br *breaker.Breaker
+	if !perProcess {
+		st := e.fleet.Settings()
+		if br, err = breaker.New(e.rdb, breaker.Config{Prefix: st.Prefix, Scope: st.Upstream.Account}); err != nil {
+			return f, err
+		}
+	}
+	var trippedAt time.Time
 	done, sampled := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(sampled)
@@ -166,8 +187,17 @@ func outageRun(ctx context.Context, o Options, p outagePlan, perProcess bool) (o
 		defer t.Stop()
 		for {
 			st := e.fake.Stats()
+			var opened time.Time
+			if br != nil {
+				if bs, err := br.Status(ctx, outageModel); err == nil {
+					opened = bs.OpenedAt
+				}
+			}
 			mu.Lock()
 			samples = append(samples, sample{at: time.Now(), ok: st.ByStatus["200"], reqs: st.Requests, enqueued: enqueued})
+			if trippedAt.IsZero() {
+				trippedAt = opened
+			}
 			mu.Unlock()
 			select {
 			case <-done:
@@ -222,7 +252,7 @@ func outageRun(ctx context.Context, o Options, p outagePlan, perProcess bool) (o
 			e.logf("recovered after %d upstream calls during the outage", reqsAtRecovery-reqsAtOutage)
 		}
 		id := customID(n)
-		body := fmt.Sprintf(`{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"drill-job:%s steady prompt"}]}`, id)
+		body := fmt.Sprintf(`{"model":%q,"max_tokens":16,"messages":[{"role":"user","content":"drill-job:%s steady prompt"}]}`, outageModel, id)
 		if _, err := e.prod.Enqueue(ctx, &jobs.Job{ID: jobs.JobID(batch, id), BatchID: batch, CustomID: id, Body: json.RawMessage(body)}); err != nil {
 			return f, fmt.Errorf("enqueue: %w", err)
 		}
@@ -232,7 +262,15 @@ func outageRun(ctx context.Context, o Options, p outagePlan, perProcess bool) (o
 	}
 	f.enqueued = enqueued
 	f.callsDuring = reqsAtRecovery - reqsAtOutage
-	f.inFlight = e.calls.peakInFlight(outageAt, recoverAt)
+	mu.Lock()
+	tripAt := trippedAt
+	mu.Unlock()
+	f.tripped = !tripAt.IsZero() && tripAt.Before(recoverAt)
+	if !f.tripped {
+		tripAt = recoverAt
+	}
+	f.inFlight = e.calls.peakInFlight(outageAt, tripAt)
+	f.afterTrip = e.calls.arrivals(tripAt, recoverAt)
 
 	left, _, err := e.waitDrained(ctx, 90*time.Second)
 	if err != nil {
@@ -348,7 +386,18 @@ func writeOutageTable(b *strings.Builder, all []outageFigures) {
 	row("jobs lost", func(f outageFigures) string { return fmt.Sprint(f.lost) })
 	row("jobs dead-lettered", func(f outageFigures) string { return fmt.Sprint(f.deadLettered) })
 	row("upstream calls during outage", func(f outageFigures) string { return fmt.Sprint(f.callsDuring) })
-	row("most calls in flight at once", func(f outageFigures) string { return fmt.Sprint(f.inFlight) })
+	row("most calls in flight at once before it opened", func(f outageFigures) string {
+		if !f.tripped {
+			return "-"
+		}
+		return fmt.Sprint(f.inFlight)
+	})
+	row("calls after it first opened", func(f outageFigures) string {
+		if !f.tripped {
+			return "-"
+		}
+		return fmt.Sprint(f.afterTrip)
+	})
 	row("breaker openings (closed->open)", func(f outageFigures) string { return fmt.Sprint(f.opens) })
 	row("failed probes (half_open->open)", func(f outageFigures) string { return fmt.Sprint(f.failedPr) })
 	row("attempts burned (total)", func(f outageFigures) string { return fmt.Sprint(f.burnedTotal) })
