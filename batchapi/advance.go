@@ -196,10 +196,11 @@ func checkLine(j *jobs.Job) error {
 // fails the batch with every problem and its line, and nothing runs.
 // Enqueueing is idempotent: a server that dies mid-way leaves a batch the
 // next one enqueues again, skipping the jobs already there. A cancel
-// stops the validation within cancelCheckLines lines (no job is
-// registered: the batch is cancelled at once), or the submission within a
-// progress report (a few hundred jobs): the jobs registered are the
-// batch, which goes cancelling (cancelUnstarted).
+// stops the validation within cancelCheckLines requests (nothing is
+// registered, so the batch is cancelled at once, unless an earlier start
+// that died registered jobs), or the submission within a progress report
+// (a few hundred jobs): the jobs registered are the batch, which goes
+// cancelling (cancelUnstarted).
 func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	b := &rec.Batch
 	frec, err := s.st.file(ctx, rec.Tenant, b.InputFileID)
@@ -217,8 +218,10 @@ func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	}
 	problems := &problemList{}
 	// A cancel stops the validation and the submission: the validation
-	// reads the batch's cancel every cancelCheckLines lines, the
-	// submission at each progress report (every few hundred jobs).
+	// reads the batch's cancel every cancelCheckLines requests (lines
+	// that parse; a file of mostly unparsable lines fails the batch
+	// instead), the submission at each progress report (every few hundred
+	// jobs).
 	ectx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	readCancel := func() {
@@ -226,11 +229,11 @@ func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 			stop(errCancelRequested)
 		}
 	}
-	lines := 0
-	check := func(j *jobs.Job) error { // the validation calls it line by line, in order
-		if lines++; lines%cancelCheckLines == 0 {
+	requests := 0
+	check := func(j *jobs.Job) error { // the validation calls it for each request, in order
+		if requests++; requests%cancelCheckLines == 0 {
 			if s.onValidating != nil {
-				s.onValidating(lines)
+				s.onValidating(requests)
 			}
 			readCancel()
 		}
@@ -361,8 +364,9 @@ func (s *Service) counts(ctx context.Context, rec *batchRecord) (RequestCounts, 
 // their result. A job that finished between the export and the delete has
 // its result: it counts as done, not removed. Running it again (after a
 // crash) removes and records only what is left. It costs a few round
-// trips per producer.RemoveChunk jobs, and one pass over the queue's
-// pending list per chunk.
+// trips per producer.RemoveChunk jobs, and per chunk a look through the
+// queue's pending list from both ends until the chunk's jobs are found
+// (producer.RemoveQueued).
 func (s *Service) removeQueued(ctx context.Context, rec *batchRecord) error {
 	id := rec.Batch.ID
 	removedKey := s.st.removedKey(id)

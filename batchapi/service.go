@@ -49,8 +49,8 @@ const (
 	// answers with what is stored.
 	lazyWait = 250 * time.Millisecond
 	// cancelCheckLines is how often a batch's validation reads its cancel:
-	// every this many input lines (a few milliseconds of validating; the
-	// submission reads it at each progress report).
+	// every this many requests of the input (a few milliseconds of
+	// validating; the submission reads it at each progress report).
 	cancelCheckLines = 1000
 )
 
@@ -105,9 +105,9 @@ type Service struct {
 	// onProgress, when set (by tests), hears each progress report of a
 	// batch's enqueue before the report reads the batch's cancel.
 	onProgress func(done, total int)
-	// onValidating, when set (by tests), hears the lines a batch's
-	// validation has read each time, before it reads the batch's cancel.
-	onValidating func(lines int)
+	// onValidating, when set (by tests), hears the requests a batch's
+	// validation has read each time before it reads the batch's cancel.
+	onValidating func(requests int)
 }
 
 // New checks cfg and returns a Service. It fails with ErrNoClients when no
