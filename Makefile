@@ -58,10 +58,12 @@ bench-budget: build redis
 ## a 10,000-request batch at 30,000 RPM against the bound N/RPM, two tenants' fair share; then
 ## serve's peak RSS while uploading and creating a batch of 50,000 requests (~196 MiB) and its time;
 ## then removing a cancelled batch's queued jobs (µs/job, 1,000 to 50,000) and a cancel sent while
-## 50,000 requests are being enqueued (time to cancelled)
+## 50,000 requests are being enqueued (time to cancelled); then removing 1,000 queued jobs at the
+## head, middle and tail of 300,000 pending (ms per chunk)
 bench-batchapi: redis
 	LLMQ_BENCH_BATCHAPI=1 go test -count=1 -run '^TestBenchBatchAPI(Create)?$$' -v -timeout 30m ./cmd/llmq/
 	go test -run '^$$' -bench 'BenchmarkRemoveQueued|BenchmarkCancelDuringEnqueue' -benchtime 1x -timeout 30m ./batchapi/
+	go test -run '^$$' -bench 'BenchmarkRemoveQueuedBacklog' -benchtime 5x ./producer/
 
 ## bench-outage: the outage drill alone: 4 `llmq worker` processes, a steady stream, the
 ## fake answers 503 for 10 s then recovers; shared breaker vs per-process breakers (about 45 s)

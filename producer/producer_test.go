@@ -16,7 +16,7 @@ import (
 	"github.com/llmq/llmq/producer"
 )
 
-func newProducer(t *testing.T, env *llmqtest.Env) *producer.Producer {
+func newProducer(t testing.TB, env *llmqtest.Env) *producer.Producer {
 	t.Helper()
 	p, err := producer.New(env.Opt, producer.WithQueue(env.Queue), producer.WithPrefix(env.Prefix))
 	if err != nil {

@@ -5,8 +5,8 @@
 -- KEYS[1] the queue's pending list; KEYS[2] its set of groups;
 -- KEYS[3..] the tasks' keys.
 -- ARGV[1] the queue's key prefix; ARGV[2] its group key prefix;
--- ARGV[3] a marker no task id equals; ARGV[4..] the task ids, in KEYS'
--- order from KEYS[3].
+-- ARGV[3] a marker no task id equals; ARGV[4] the entries of the list
+-- read at a time; ARGV[5..] the task ids, in KEYS' order from KEYS[3].
 -- The state sets, group sets and unique keys are built from the prefixes
 -- (as asynq's own scripts do): all share the queue's {hash tag}, so the
 -- script stays on one Redis Cluster slot.
@@ -17,13 +17,15 @@
 -- succeeds: Redis does not roll a script back, so a failure half-way must
 -- not leave a task's hash deleted with its id still queued. The pending
 -- list is never rewritten: the removed ids' entries are overwritten with
--- the marker (LSET) and dropped by one LREM, so AOF and replicas see a
--- few small commands, not the list. The pass over the list is still
--- proportional to its length (as each of asynq's LREMs is).
+-- the marker (LSET) and dropped by an LREM from each end, so AOF and
+-- replicas see a few small commands, not the list. The look through the
+-- list reads from both ends and stops when every pending task is found:
+-- it costs twice the entries between the nearer end and the farthest
+-- task, the whole list at worst (as each of asynq's LREMs does).
 local out, del = {}, {}
 local pending, npending = {}, 0
 for i = 3, #KEYS do
-  local id = ARGV[i + 1]
+  local id = ARGV[i + 2]
   local state, group, unique_key = unpack(redis.call('HMGET', KEYS[i], 'state', 'group', 'unique_key'))
   if not state then
     out[i - 2] = 0
@@ -39,15 +41,43 @@ for i = 3, #KEYS do
   end
 end
 if npending > 0 then
-  local marked = 0
-  for index, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-    if pending[v] then
-      redis.call('LSET', KEYS[1], index - 1, ARGV[3])
-      marked = marked + 1
+  -- The ids are looked for a page at a time from both ends of the list
+  -- (new tasks are pushed at the head, workers take from the tail), and
+  -- the look stops once every one is found: a batch enqueued recently,
+  -- or about to run, costs a pass over its own part of the list, not over
+  -- the whole list.
+  local page = tonumber(ARGV[4])
+  local found, marked = 0, {0, 0} -- distinct ids found; entries marked from the head, the tail
+  local head, tail = 0, redis.call('LLEN', KEYS[1]) - 1
+  local function look(from, to, side)
+    for i, v in ipairs(redis.call('LRANGE', KEYS[1], from, to)) do
+      if pending[v] then
+        if pending[v] == true then
+          pending[v] = 'found'
+          found = found + 1
+        end
+        redis.call('LSET', KEYS[1], from + i - 1, ARGV[3])
+        marked[side] = marked[side] + 1
+      end
     end
   end
-  if marked > 0 then
-    redis.call('LREM', KEYS[1], 0, ARGV[3])
+  while found < npending and head <= tail do
+    local to = math.min(head + page - 1, tail)
+    look(head, to, 1)
+    head = to + 1
+    if found < npending and head <= tail then
+      local from = math.max(tail - page + 1, head)
+      look(from, tail, 2)
+      tail = from - 1
+    end
+  end
+  -- Every mark from the head lies before every mark from the tail: each
+  -- LREM stops at the last of its own.
+  if marked[1] > 0 then
+    redis.call('LREM', KEYS[1], marked[1], ARGV[3])
+  end
+  if marked[2] > 0 then
+    redis.call('LREM', KEYS[1], -marked[2], ARGV[3])
   end
 end
 for _, t in ipairs(del) do

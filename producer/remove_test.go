@@ -3,6 +3,7 @@ package producer_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -136,5 +137,131 @@ func TestRemoveQueuedWritesNothingHalfway(t *testing.T) {
 	}
 	if n, _ := env.Client.Exists(ctx, "asynq:{"+env.Queue+"}:t:p1", damaged).Result(); n != 1 {
 		t.Fatalf("%d of p1's and the damaged task's hashes exist, want only the damaged one", n)
+	}
+}
+
+// RemoveQueued finds pending tasks anywhere in a pending list longer than
+// one page of its look (1000 entries) — at the head, at the tail, in the
+// middle, an id queued twice — and keeps every other entry, in order.
+func TestRemoveQueuedFindsTasksAcrossTheList(t *testing.T) {
+	env := llmqtest.Redis(t)
+	p := newProducer(t, env)
+	ctx := context.Background()
+	const n = 4500
+	prefix := "asynq:{" + env.Queue + "}:"
+	at := map[int]string{0: "head-0", 1: "head-1", 2250: "middle", 3999: "dup", 4000: "dup", n - 2: "tail-1", n - 1: "tail-0"}
+	var list, keep []string
+	for i := range n {
+		id, ok := at[i]
+		if !ok {
+			id = fmt.Sprintf("other-%d", i)
+			keep = append(keep, id)
+		}
+		list = append(list, id)
+	}
+	pipe := env.Client.Pipeline()
+	pipe.RPush(ctx, prefix+"pending", toAny(list)...)
+	for _, id := range list {
+		pipe.HSet(ctx, prefix+"t:"+id, "state", "pending")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if keys, _ := env.Client.Keys(context.Background(), prefix+"*").Result(); len(keys) > 0 {
+			env.Client.Del(context.Background(), keys...)
+		}
+	})
+
+	ids := []string{"middle", "tail-0", "head-1", "dup", "head-0", "tail-1"}
+	got, err := p.RemoveQueued(ctx, env.Queue, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range got {
+		if r != producer.Removed {
+			t.Errorf("%s: %v, want removed", ids[i], r)
+		}
+	}
+	left, err := env.Client.LRange(ctx, prefix+"pending", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(left, keep) {
+		t.Fatalf("the pending list keeps %d entries (want the %d others, in order)", len(left), len(keep))
+	}
+	for _, id := range ids {
+		if n, _ := env.Client.Exists(ctx, prefix+"t:"+id).Result(); n != 0 {
+			t.Errorf("task %s's hash is still there", id)
+		}
+	}
+}
+
+func toAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
+// BenchmarkRemoveQueuedBacklog measures removing 1,000 pending tasks (one
+// chunk, one script) from a pending list that also holds a backlog of
+// other tasks, with the 1,000 at the head (a batch enqueued after the
+// backlog), in the middle, and at the tail (a batch about to run):
+//
+//	go test -run '^$' -bench BenchmarkRemoveQueuedBacklog -benchtime 5x ./producer/
+func BenchmarkRemoveQueuedBacklog(b *testing.B) {
+	const backlog, chunk = 300_000, producer.RemoveChunk
+	for _, where := range []string{"head", "middle", "tail"} {
+		b.Run(fmt.Sprintf("backlog=%d/at=%s", backlog, where), func(b *testing.B) {
+			env := llmqtest.Redis(b)
+			p := newProducer(b, env)
+			ctx := context.Background()
+			prefix := "asynq:{" + env.Queue + "}:"
+			b.Cleanup(func() {
+				env.Client.Del(context.Background(), prefix+"pending")
+			})
+			others := make([]any, 0, 10_000)
+			push := func(n int) { // n other tasks at the head (their hashes are not read)
+				for i := 0; i < n; i += cap(others) {
+					others = others[:0]
+					for j := i; j < min(i+cap(others), n); j++ {
+						others = append(others, fmt.Sprintf("other-%d", j))
+					}
+					if err := env.Client.LPush(ctx, prefix+"pending", others...).Err(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			ids := make([]string, chunk)
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				env.Client.Del(ctx, prefix+"pending")
+				before := map[string]int{"head": backlog, "middle": backlog / 2, "tail": 0}[where]
+				push(before)
+				pipe := env.Client.Pipeline()
+				for j := range ids {
+					ids[j] = fmt.Sprintf("t%d-%d", i, j)
+					pipe.LPush(ctx, prefix+"pending", ids[j])
+					pipe.HSet(ctx, prefix+"t:"+ids[j], "state", "pending")
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					b.Fatal(err)
+				}
+				push(backlog - before)
+				b.StartTimer()
+				got, err := p.RemoveQueued(ctx, env.Queue, ids)
+				b.StopTimer()
+				if err != nil || len(got) != chunk || got[0] != producer.Removed || got[chunk-1] != producer.Removed {
+					b.Fatalf("RemoveQueued: %v", err)
+				}
+				if n, _ := env.Client.LLen(ctx, prefix+"pending").Result(); n != backlog {
+					b.Fatalf("%d entries left, want the backlog's %d", n, backlog)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/chunk")
+		})
 	}
 }
