@@ -14,7 +14,8 @@ const RemoveChunk = 1000
 const removePage = 1000
 
 // removedMarker overwrites a removed task's entry in the pending list
-// before one LREM drops them all (remove.lua); no job id has a NUL byte.
+// before an LREM from each end drops them all (remove.lua); no job id has
+// a NUL byte.
 const removedMarker = "\x00llmq:removed"
 
 // Removal is what RemoveQueued found of one job's task.
@@ -45,15 +46,17 @@ var removeLua string
 // started, as asynq's Inspector.DeleteTask does one at a time, and
 // reports what it found of each (out[i] is ids[i]'s). It costs one round
 // trip per RemoveChunk ids, and a look through the queue's pending list
-// from both ends that stops when the chunk's pending tasks are found —
-// twice the entries between the nearer end and the farthest of them:
-// little for a batch enqueued recently (at the head) or about to run (at
-// the tail), the whole list at worst — where DeleteTask costs two round
-// trips and a scan of the whole list per task (minutes for tens of
-// thousands of tasks). Each chunk is atomic: a task is deleted only if it
-// has not started. A chunk blocks Redis while it looks, all tenants'
-// tasks included (at worst about 0.4 s at 300,000 pending on a busy
-// 2-core machine).
+// from both ends that stops when the chunk's pending tasks are found:
+// about twice the largest distance from one of them to its nearer end.
+// For a batch enqueued at once that is bounded by the batch's own size
+// whether the rest of the queue lies behind it (a batch enqueued recently,
+// at the head) or was enqueued after it (a batch being drained, at the
+// tail); only a batch in the middle of the list costs the whole list.
+// DeleteTask costs two round trips and a scan of the whole list per task
+// (minutes for tens of thousands of tasks). Each chunk is atomic: a task
+// is deleted only if it has not started. A chunk blocks Redis while it
+// looks, all tenants' tasks included (at worst about 0.4 s at 300,000
+// pending on a busy 2-core machine).
 func (p *Producer) RemoveQueued(ctx context.Context, queue string, ids []string) ([]Removal, error) {
 	out := make([]Removal, 0, len(ids))
 	prefix := queuePrefix(queue)

@@ -1,6 +1,6 @@
 -- Delete tasks of one asynq queue that have not started, as asynq v0.26's
 -- deleteTaskCmd (internal/rdb/inspect.go) does one task at a time, but
--- with one pass over the pending list for all of them (asynq runs an
+-- with one look through the pending list for all of them (asynq runs an
 -- LREM, a scan of the whole list, per task).
 -- KEYS[1] the queue's pending list; KEYS[2] its set of groups;
 -- KEYS[3..] the tasks' keys.
@@ -19,9 +19,14 @@
 -- list is never rewritten: the removed ids' entries are overwritten with
 -- the marker (LSET) and dropped by an LREM from each end, so AOF and
 -- replicas see a few small commands, not the list. The look through the
--- list reads from both ends and stops when every pending task is found:
--- it costs twice the entries between the nearer end and the farthest
--- task, the whole list at worst (as each of asynq's LREMs does).
+-- list reads a page at a time from each end in turn and stops when every
+-- pending task is found: about twice the largest distance from one of
+-- them to its nearer end, rounded up to pages; the whole list at worst
+-- (a task in the middle, or one whose hash says pending but whose id is
+-- not queued), as each of asynq's LREMs reads it. Stopping early relies on
+-- asynq queuing an id once (its enqueue refuses an id whose task exists):
+-- asynq's LREM would remove a second entry of the id anywhere, this look
+-- only one it meets.
 local out, del = {}, {}
 local pending, npending = {}, 0
 for i = 3, #KEYS do
@@ -34,7 +39,7 @@ for i = 3, #KEYS do
   else
     out[i - 2] = 1
     del[#del + 1] = {key = KEYS[i], id = id, state = state, group = group, unique_key = unique_key}
-    if state == 'pending' then
+    if state == 'pending' and not pending[id] then -- an id twice in ids is one task
       pending[id] = true
       npending = npending + 1
     end
