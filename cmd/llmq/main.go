@@ -133,8 +133,22 @@ func newLogger(w io.Writer, c config.Log) zerolog.Logger {
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 	}
-	return zerolog.New(w).Level(level).With().Timestamp().
+	return zerolog.New(w).Level(level).Hook(msTime{}).With().
 		Str("version", version).Str("build", build).Str("env", c.Environment).Logger()
+}
+
+// logTimeFormat is the events' time: RFC 3339 in UTC to the millisecond,
+// so a post-mortem can order the upstream calls and breaker transitions of
+// one second (zerolog's Timestamp writes whole seconds unless its
+// package-level format is changed).
+const logTimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// msTime stamps each event with its time (logTimeFormat).
+type msTime struct{}
+
+// Run adds the time field.
+func (msTime) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
+	e.Str(zerolog.TimestampFieldName, time.Now().UTC().Format(logTimeFormat))
 }
 
 // redisLogger adapts zerolog to go-redis's logger.

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http/httptest"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -129,4 +131,24 @@ func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return c
+}
+
+// Every event carries its time in UTC to the millisecond: upstream calls
+// and breaker transitions of one second can be ordered.
+func TestLogTimeHasMilliseconds(t *testing.T) {
+	var buf bytes.Buffer
+	before := time.Now()
+	log := newLogger(&buf, config.Log{Level: "info"})
+	log.Info().Msg("one event")
+	var ev struct{ Time, Message string }
+	if err := json.Unmarshal(buf.Bytes(), &ev); err != nil {
+		t.Fatalf("%v: %s", err, buf.Bytes())
+	}
+	at, err := time.Parse(time.RFC3339Nano, ev.Time)
+	if err != nil || !regexp.MustCompile(`\.\d{3}Z$`).MatchString(ev.Time) {
+		t.Fatalf("time %q: want RFC 3339 in UTC with milliseconds (%v)", ev.Time, err)
+	}
+	if at.Before(before.Truncate(time.Millisecond)) || at.After(time.Now()) || ev.Message != "one event" {
+		t.Fatalf("event %s: its time is not when it was logged", buf.Bytes())
+	}
 }
