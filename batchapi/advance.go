@@ -196,7 +196,7 @@ func checkLine(j *jobs.Job) error {
 // fails the batch with every problem and its line, and nothing runs.
 // Enqueueing is idempotent: a server that dies mid-way leaves a batch the
 // next one enqueues again, skipping the jobs already there. A cancel
-// stops the validation within cancelCheckLines requests (nothing is
+// stops the validation within cancelCheckRequests requests (nothing is
 // registered, so the batch is cancelled at once, unless an earlier start
 // that died registered jobs), or the submission within a progress report
 // (a few hundred jobs): the jobs registered are the batch, which goes
@@ -218,7 +218,7 @@ func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	}
 	problems := &problemList{}
 	// A cancel stops the validation and the submission: the validation
-	// reads the batch's cancel every cancelCheckLines requests (lines
+	// reads the batch's cancel every cancelCheckRequests requests (lines
 	// that parse; a file of mostly unparsable lines fails the batch
 	// instead), the submission at each progress report (every few hundred
 	// jobs).
@@ -231,7 +231,7 @@ func (s *Service) start(ctx context.Context, rec *batchRecord) error {
 	}
 	requests := 0
 	check := func(j *jobs.Job) error { // the validation calls it for each request, in order
-		if requests++; requests%cancelCheckLines == 0 {
+		if requests++; requests%cancelCheckRequests == 0 {
 			if s.onValidating != nil {
 				s.onValidating(requests)
 			}

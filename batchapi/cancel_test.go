@@ -124,7 +124,7 @@ func TestCancelStopsTheValidation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	const n = 5 * cancelCheckLines
+	const n = 5 * cancelCheckRequests
 	m := newMidCancel(ctx, c)
 	var validated, submitted atomic.Int64
 	s.onValidating = func(lines int) {
@@ -133,8 +133,8 @@ func TestCancelStopsTheValidation(t *testing.T) {
 	}
 	s.onProgress = func(done, _ int) { submitted.Store(int64(done)) }
 	b := m.run(t, n)
-	if got := validated.Load(); got != cancelCheckLines {
-		t.Errorf("the validation went on to request %d after the cancel; want it stopped at the check of request %d", got, cancelCheckLines)
+	if got := validated.Load(); got != cancelCheckRequests {
+		t.Errorf("the validation went on to request %d after the cancel; want it stopped at the check of request %d", got, cancelCheckRequests)
 	}
 	if got := submitted.Load(); got != 0 {
 		t.Fatalf("%d jobs submitted after a cancel during the validation", got)

@@ -48,10 +48,10 @@ const (
 	// lazyWait is how long a GET waits for the batch to advance before it
 	// answers with what is stored.
 	lazyWait = 250 * time.Millisecond
-	// cancelCheckLines is how often a batch's validation reads its cancel:
+	// cancelCheckRequests is how often a batch's validation reads its cancel:
 	// every this many requests of the input (a few milliseconds of
 	// validating; the submission reads it at each progress report).
-	cancelCheckLines = 1000
+	cancelCheckRequests = 1000
 )
 
 // Config configures a Service. Redis, RedisOpt, Prefix, Queue and Clients

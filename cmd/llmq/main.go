@@ -124,14 +124,15 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 }
 
 // newLogger returns the process logger: JSON, or a console view when
-// stderr is a terminal; every event carries version, build and environment.
+// stderr is a terminal; every event carries its time (logTimeFormat),
+// version, build and environment.
 func newLogger(w io.Writer, c config.Log) zerolog.Logger {
 	level, err := zerolog.ParseLevel(strings.ToLower(c.Level))
 	if err != nil || c.Level == "" {
 		level = zerolog.InfoLevel
 	}
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
 	}
 	return zerolog.New(w).Level(level).Hook(msTime{}).With().
 		Str("version", version).Str("build", build).Str("env", c.Environment).Logger()

@@ -140,6 +140,9 @@ func TestLogTimeHasMilliseconds(t *testing.T) {
 	before := time.Now()
 	log := newLogger(&buf, config.Log{Level: "info"})
 	log.Info().Msg("one event")
+	if n := bytes.Count(buf.Bytes(), []byte(`"time":`)); n != 1 {
+		t.Fatalf("%d time fields in %s", n, buf.Bytes())
+	}
 	var ev struct{ Time, Message string }
 	if err := json.Unmarshal(buf.Bytes(), &ev); err != nil {
 		t.Fatalf("%v: %s", err, buf.Bytes())
