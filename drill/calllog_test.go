@@ -27,8 +27,8 @@ func TestCallLogSpans(t *testing.T) {
 	if got := l.peakInFlight(at(0), at(11)); got != 2 {
 		t.Errorf("peakInFlight of the first two = %d, want 2", got)
 	}
-	if got := l.arrivals(at(10), at(100)); got != 4 {
-		t.Errorf("arrivals = %d, want 4", got)
+	if got := len(l.arrived(at(10), at(100))); got != 4 {
+		t.Errorf("arrived = %d spans, want 4", got)
 	}
 	if got := l.peakInFlight(at(200), at(300)); got != 0 {
 		t.Errorf("peakInFlight of an empty range = %d, want 0", got)

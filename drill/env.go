@@ -382,21 +382,30 @@ func (l *callLog) firstOKStartedAfter(t time.Time) time.Time {
 	return time.Time{}
 }
 
+// arrived returns the spans of the requests that arrived in [from, to).
+func (l *callLog) arrived(from, to time.Time) [][2]time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out [][2]time.Time
+	for _, s := range l.spans {
+		if !s[0].Before(from) && s[0].Before(to) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // peakInFlight returns the most requests the fake was answering at once
 // among those that arrived in [from, to).
 func (l *callLog) peakInFlight(from, to time.Time) int {
-	l.mu.Lock()
 	type edge struct {
 		at   time.Time
 		step int
 	}
 	var edges []edge
-	for _, s := range l.spans {
-		if !s[0].Before(from) && s[0].Before(to) {
-			edges = append(edges, edge{s[0], 1}, edge{s[1], -1})
-		}
+	for _, s := range l.arrived(from, to) {
+		edges = append(edges, edge{s[0], 1}, edge{s[1], -1})
 	}
-	l.mu.Unlock()
 	// At equal instants an end comes before an arrival: back to back is
 	// not at once.
 	sort.Slice(edges, func(i, j int) bool {
@@ -408,19 +417,6 @@ func (l *callLog) peakInFlight(from, to time.Time) int {
 		peak = max(peak, n)
 	}
 	return peak
-}
-
-// arrivals returns how many requests arrived in [from, to).
-func (l *callLog) arrivals(from, to time.Time) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, s := range l.spans {
-		if !s[0].Before(from) && s[0].Before(to) {
-			n++
-		}
-	}
-	return n
 }
 
 // requests returns the number of chat-completions requests recorded.

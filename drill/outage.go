@@ -62,8 +62,8 @@ type outageFigures struct {
 	callsDuring        int64  // upstream calls that arrived during the outage
 	tripped            bool   // the breaker's first opening was seen in the outage (shared mode)
 	notTripped         string // why not, when it was not
-	afterTrip          int    // calls that arrived after it
-	inFlight           int    // the most calls the fake answered at once before it
+	afterTrip          int    // calls that arrived after it (0 unless tripped)
+	inFlight           int    // the most calls the fake answered at once before it (0 unless tripped)
 	opens, failedPr    int    // closed->open and half_open->open transitions (worker logs)
 	burnedTotal        int
 	burnedMax          int
@@ -114,10 +114,7 @@ func Outage(ctx context.Context, o Options) (*Report, error) {
 	// admitted while that failure was in flight, before its record, go
 	// upstream too: at most one fewer than the calls in flight at once
 	// before it opened. After it opened, only the probes.
-	concurrent := 0
-	if sh.tripped {
-		concurrent = max(sh.inFlight-1, 0)
-	}
+	concurrent := max(sh.inFlight-1, 0) // 0 unless it opened
 	target := int64(sh.failures + sh.openPeriods + concurrent)
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d worker processes × concurrency %d, %.0f jobs/s, fake latency %s; breaker window %s, open %s; steady %s, outage (all 503) %s, steady %s\n",
@@ -294,12 +291,9 @@ func outageRun(ctx context.Context, o Options, p outagePlan, perProcess bool) (o
 		f.notTripped = fmt.Sprintf("its first opening was missed: %d openings when first seen", trips)
 	default:
 		f.tripped = true
+		f.inFlight = e.calls.peakInFlight(outageAt, tripAt)
+		f.afterTrip = len(e.calls.arrived(tripAt, recoverAt))
 	}
-	if !f.tripped {
-		tripAt = recoverAt
-	}
-	f.inFlight = e.calls.peakInFlight(outageAt, tripAt)
-	f.afterTrip = e.calls.arrivals(tripAt, recoverAt)
 
 	left, _, err := e.waitDrained(ctx, 90*time.Second)
 	if err != nil {
